@@ -30,3 +30,22 @@ from ._effects import (
 )
 
 # --- actors (layer 2) ---
+from .actors import (
+    Actor,
+    ActorCrashedError,
+    ActorError,
+    ActorRef,
+    ActorStats,
+    ActorStoppedError,
+    ActorUnavailableError,
+    AskTimeoutError,
+    ChildSpec,
+    ChildState,
+    Restart,
+    RestartWindow,
+    Strategy,
+    Supervisor,
+    SupervisorEscalationError,
+    SupervisorState,
+    SupervisorStats,
+)

@@ -1,0 +1,671 @@
+"""Content-addressed blob files on the local filesystem (the embedded byte store).
+
+Layout under ``root`` (the data dir)::
+
+    blobs/ab/cd/<64 hex>   final files, named by the SHA-256 of their content, mode 0o444
+    tmp/<32 hex>.part      bytes of a write in flight
+    uploads/<32 hex>       bytes of a resumable upload
+
+Invariants:
+- A file in ``blobs/`` is complete, hashes to its name, is read-only, and both it and its
+  directory entry were fsynced before anyone was told it exists. Nothing else appears there.
+- A write streams into a fresh ``tmp/*.part`` while hashing; it becomes visible only by one
+  ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
+  removed before the error propagates; after a crash, ``remove_stale_temp`` removes it.
+- Identical content is kept once: if the final file exists, the new part file is dropped and the
+  write reports ``created=False``.
+- Pins: each digest has a pin count. Pinning, the existence check + rename of a write, and
+  ``delete_if_unpinned`` all run under the digest's own ``trio.Lock``, so a delete can never
+  remove a file between a write's rename and the release of that write's pin, and a write never
+  renames onto a file a delete is removing.
+- Every path built from caller input is validated first: digests ``^[0-9a-f]{64}$``, upload ids
+  ``^[0-9a-f]{32}$``.
+- An upload file's size is the number of bytes durably received: an append either extends it by
+  all its bytes and fsyncs before returning, or truncates it back to its old size.
+- Memory is bounded whatever the size: a write holds at most one batch (``batch_size`` plus one
+  chunk), a read one chunk of at most ``chunk_size`` bytes.
+- File I/O runs in worker threads (``trio.to_thread.run_sync``), which are never abandoned, so a
+  cancelled operation has finished its current step before the cleanup runs.
+- ``OSError`` with ``ENOSPC`` becomes :class:`StorageFullError`, any other :class:`StorageIOError`,
+  with the ``OSError`` as ``__cause__`` (see ``_faults.run_io``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+
+import attrs
+import trio
+
+from ._errors import (
+    AlreadyExistsError,
+    ChecksumMismatchError,
+    InvalidArgumentError,
+    NotFoundError,
+    ObjectTooLargeError,
+    OutOfRangeError,
+    StorageIOError,
+)
+from ._faults import DiskSteps, FaultInjector, run_io, unlink_existing, unlink_quietly
+
+__all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
+
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_PART_SUFFIX = ".part"
+_HASH_BATCH = 8 << 20  # bytes hashed per worker-thread call when finishing an upload
+
+
+def _check_digest(digest: object) -> str:
+    if not isinstance(digest, str) or _DIGEST_RE.fullmatch(digest) is None:
+        raise InvalidArgumentError("a blob digest is 64 lowercase hex characters")
+    return digest
+
+
+def _check_upload_id(upload_id: object) -> str:
+    if not isinstance(upload_id, str) or _UPLOAD_ID_RE.fullmatch(upload_id) is None:
+        raise InvalidArgumentError("an upload id is 32 lowercase hex characters")
+    return upload_id
+
+
+def _check_sha256(expected: str | None) -> str | None:
+    if expected is None:
+        return None
+    return _check_digest(expected.lower() if isinstance(expected, str) else expected)
+
+
+def _check_count(value: int | None, name: str) -> None:
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise InvalidArgumentError(f"{name} must be a non-negative integer")
+
+
+def _sorted_subdirs(directory: pathlib.Path) -> list[str]:
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+
+@attrs.define
+class _LockEntry:
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    users: int = 0
+
+
+@attrs.define
+class _KeyedLocks:
+    """One ``trio.Lock`` per key, created on demand and dropped when nobody uses it."""
+
+    _entries: dict[str, _LockEntry] = attrs.field(factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _LockEntry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[key]
+
+
+@attrs.define(eq=False)
+class BlobPin:
+    """One pin on a digest: while held, :meth:`BlobStore.delete_if_unpinned` keeps the file.
+
+    ``release()`` is idempotent; the pin is also a (sync) context manager that releases on exit.
+    """
+
+    digest: str
+    _on_release: Callable[[str], None] = attrs.field(repr=False)
+    released: bool = attrs.field(default=False, init=False)
+
+    def release(self) -> None:
+        """Drop this pin (a second call does nothing)."""
+        if not self.released:
+            self.released = True
+            self._on_release(self.digest)
+
+    def __enter__(self) -> BlobPin:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@attrs.frozen
+class WrittenBlob:
+    """The outcome of a write: ``digest`` (64 lowercase hex), ``size`` in bytes, and ``created``
+    (False when identical content was already stored).
+
+    The digest stays pinned until :meth:`release` (or leaving ``with written_blob:``); release
+    it once the metadata that references it is committed, or the write abandoned.
+    """
+
+    digest: str
+    size: int
+    created: bool
+    pin: BlobPin = attrs.field(eq=False, repr=False)
+
+    def release(self) -> None:
+        """Release the write's pin (idempotent)."""
+        self.pin.release()
+
+    def __enter__(self) -> WrittenBlob:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@attrs.define(eq=False)
+class BlobReader:
+    """An open byte range of a blob: an async iterator of chunks of at most ``chunk_size`` bytes.
+
+    ``size`` is the whole blob's size, ``start``/``end`` the (clamped, end-exclusive) range and
+    ``position`` the absolute offset of the next chunk. The file stays open until the range is
+    exhausted, an error occurs, or :meth:`aclose` (also ``async with reader:``); a blob deleted
+    meanwhile is still read to the end.
+    """
+
+    _fd: int | None = attrs.field(repr=False)
+    size: int
+    start: int
+    end: int
+    _chunk_size: int = attrs.field(repr=False)
+    position: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.position = self.start
+
+    def __aiter__(self) -> BlobReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        fd = self._fd
+        if fd is None or self.position >= self.end:
+            self._close()
+            raise StopAsyncIteration
+        length = min(self._chunk_size, self.end - self.position)
+        try:
+            data = await run_io("reading a blob", os.pread, fd, length, self.position)
+            if not data:
+                raise StorageIOError("blob file is shorter than its recorded size")
+        except BaseException:
+            self._close()
+            raise
+        self.position += len(data)
+        return data
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def aclose(self) -> None:
+        """Close the file; further iteration yields nothing."""
+        self._close()
+
+    async def __aenter__(self) -> BlobReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def __del__(self) -> None:  # a reader dropped unfinished must not leak its descriptor
+        with contextlib.suppress(OSError):
+            self._close()
+
+
+class BlobStore:
+    """Content-addressed, durable blob files under ``root`` (see the module docstring).
+
+    Args:
+        root: the data dir; ``blobs/``, ``tmp/`` and ``uploads/`` are created under it.
+        chunk_size: the largest chunk a read yields (default 1 MiB).
+        batch_size: a write hands bytes to a worker thread once this many have arrived
+            (default 1 MiB), so thread overhead is paid per batch, not per chunk.
+        fsync: fsync files and directories (turn off only for throwaway test data).
+        fault_injector: consulted before each write, fsync, rename, directory fsync and
+            blob unlink (see :class:`FaultInjector`).
+
+    Raises:
+        ValueError: when ``chunk_size`` or ``batch_size`` is not positive.
+        OSError: when the directories cannot be created.
+    """
+
+    def __init__(
+        self,
+        root: pathlib.Path | str,
+        *,
+        chunk_size: int = 1 << 20,
+        batch_size: int = 1 << 20,
+        fsync: bool = True,
+        fault_injector: FaultInjector | None = None,
+    ) -> None:
+        if chunk_size <= 0 or batch_size <= 0:
+            raise ValueError("chunk_size and batch_size must be positive")
+        self.root = pathlib.Path(root)
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self._disk = DiskSteps(fsync=fsync, faults=fault_injector)
+        self._blobs_dir = self.root / "blobs"
+        self._tmp_dir = self.root / "tmp"
+        self._uploads_dir = self.root / "uploads"
+        for directory in (self._blobs_dir, self._tmp_dir, self._uploads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._pins: dict[str, int] = {}
+        self._digest_locks = _KeyedLocks()
+        self._upload_locks = _KeyedLocks()
+        self._active_parts: set[str] = set()
+
+    # -- paths and blocking helpers (run in worker threads) -------------------------------
+
+    def blob_path(self, digest: str) -> pathlib.Path:
+        """The final path of ``digest`` (validated; the file need not exist)."""
+        digest = _check_digest(digest)
+        return self._blobs_dir / digest[:2] / digest[2:4] / digest
+
+    def _upload_path(self, upload_id: str) -> pathlib.Path:
+        return self._uploads_dir / _check_upload_id(upload_id)
+
+    # -- pins -----------------------------------------------------------------------------
+
+    def _add_pin(self, digest: str) -> BlobPin:
+        self._pins[digest] = self._pins.get(digest, 0) + 1
+        return BlobPin(digest, self._drop_pin)
+
+    def _drop_pin(self, digest: str) -> None:
+        count = self._pins[digest] - 1
+        if count:
+            self._pins[digest] = count
+        else:
+            del self._pins[digest]
+
+    async def pin(self, digest: str) -> BlobPin:
+        """Pin ``digest`` (whether or not it exists) until the returned pin is released.
+
+        Raises:
+            InvalidArgumentError: on a malformed digest.
+        """
+        digest = _check_digest(digest)
+        async with self._digest_locks.hold(digest):
+            return self._add_pin(digest)
+
+    @contextlib.asynccontextmanager
+    async def pinned(self, digest: str) -> AsyncIterator[BlobPin]:
+        """``async with store.pinned(digest):`` keeps ``digest`` from being deleted inside."""
+        with await self.pin(digest) as pin:
+            yield pin
+
+    def pin_count(self, digest: str) -> int:
+        """How many pins ``digest`` holds right now."""
+        return self._pins.get(digest, 0)
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def write(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> WrittenBlob:
+        """Store the bytes of ``chunks`` and return their digest, pinned.
+
+        ``chunks`` is consumed as fast as the disk allows (a bounded memory channel's receive
+        side slows its sender down); chunks must not be mutated after they are yielded. Bytes
+        go to ``tmp/<random>.part`` in batches of ``batch_size`` while being hashed, then the file
+        is made read-only, fsynced, renamed to ``blobs/ab/cd/<digest>`` and its directory fsynced.
+
+        Args:
+            chunks: the content, in pieces of any size (empty pieces are skipped).
+            max_size: fail as soon as more bytes than this arrive.
+            expected_sha256: hex SHA-256 the content must have (any case).
+            expected_size: exact size the content must have.
+
+        Returns:
+            ``WrittenBlob(digest, size, created)``; the caller must release its pin.
+
+        Raises:
+            ObjectTooLargeError: more than ``max_size`` bytes (or ``expected_size`` above it).
+            InvalidArgumentError: a bad argument, or the size differs from ``expected_size``.
+            ChecksumMismatchError: the digest differs from ``expected_sha256``.
+            StorageFullError, StorageIOError: the disk failed.
+            Anything ``chunks`` raises, unchanged.
+            In every error case (and on cancellation) nothing becomes visible and the part
+            file is removed.
+        """
+        expected = _check_sha256(expected_sha256)
+        _check_count(max_size, "max_size")
+        _check_count(expected_size, "expected_size")
+        if max_size is not None and expected_size is not None and expected_size > max_size:
+            raise ObjectTooLargeError(f"size {expected_size} exceeds the limit of {max_size} bytes")
+        part = self._tmp_dir / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
+        self._active_parts.add(part.name)
+        fd: int | None = None
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            fd = await run_io("creating a temp file", os.open, part, flags, 0o600)
+            hasher, what = hashlib.sha256(), "writing a blob"
+            size = flushed = 0
+            batch: list[bytes] = []
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if max_size is not None and size > max_size:
+                    raise ObjectTooLargeError(f"content exceeds the limit of {max_size} bytes")
+                if expected_size is not None and size > expected_size:
+                    raise InvalidArgumentError(f"content exceeds its declared size {expected_size}")
+                batch.append(chunk)
+                if size - flushed >= self.batch_size:
+                    await run_io(what, self._disk.write_batch, fd, hasher, batch, flushed)
+                    batch, flushed = [], size
+            if batch:
+                await run_io(what, self._disk.write_batch, fd, hasher, batch, flushed)
+            if expected_size is not None and size != expected_size:
+                raise InvalidArgumentError(
+                    f"content has {size} bytes, not its declared size {expected_size}"
+                )
+            digest = hasher.hexdigest()
+            if expected is not None and digest != expected:
+                raise ChecksumMismatchError(f"content has SHA-256 {digest}, not {expected}")
+            await run_io("syncing a blob", self._disk.seal, fd)
+            os.close(fd)
+            fd = None
+            return await self._publish(part, digest, size)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if fd is not None:
+                    os.close(fd)
+                await trio.to_thread.run_sync(unlink_quietly, part)
+            raise
+        finally:
+            self._active_parts.discard(part.name)
+
+    async def _publish(self, src: pathlib.Path, digest: str, size: int) -> WrittenBlob:
+        """Rename the sealed file ``src`` to ``digest``'s path (or drop it if that exists)."""
+        final = self.blob_path(digest)
+        await run_io("creating blob directories", self._disk.make_dirs, final.parent)
+        async with self._digest_locks.hold(digest):
+            pin = self._add_pin(digest)
+            try:
+                rename = self._disk.rename_unless_exists
+                created = await run_io("publishing a blob", rename, src, final)
+            except BaseException:
+                pin.release()
+                raise
+        try:
+            await run_io("syncing a blob directory", self._disk.fsync_dir, final.parent)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                pin.release()
+                if created:
+                    await self.delete_if_unpinned(digest)
+            raise
+        return WrittenBlob(digest, size, created, pin)
+
+    # -- reading and inspecting -----------------------------------------------------------
+
+    @staticmethod
+    def _open_ro(path: pathlib.Path, what: str) -> tuple[int, int]:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise NotFoundError(f"{what} not found") from None
+        try:
+            return fd, os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+
+    async def open_range(self, digest: str, start: int = 0, end: int | None = None) -> BlobReader:
+        """Open ``[start, end)`` of a blob for streaming (see :class:`BlobReader`).
+
+        Range rules (API.md ``ByteRange``): ``end`` is exclusive; ``None`` means to the end; an
+        ``end`` past the size is clamped; ``start == end`` yields nothing; an empty blob read
+        from 0 yields nothing.
+
+        Raises:
+            InvalidArgumentError: malformed digest, ``start < 0`` or ``end < start``.
+            NotFoundError: no such blob.
+            OutOfRangeError: ``start`` at or past the end of a non-empty blob, or past 0 of an
+                empty one.
+            StorageIOError: the file could not be opened.
+        """
+        path = self.blob_path(digest)
+        if not isinstance(start, int) or start < 0:
+            raise InvalidArgumentError("range start must be a non-negative integer")
+        if end is not None and (not isinstance(end, int) or end < start):
+            raise InvalidArgumentError(f"range end {end} is before its start {start}")
+        fd, size = await run_io("opening a blob", self._open_ro, path, "blob")
+        if start >= size and (size > 0 or start > 0):
+            os.close(fd)
+            raise OutOfRangeError(f"range start {start} is at or past the blob's size {size}")
+        stop = size if end is None else min(end, size)
+        return BlobReader(fd, size, start, stop, self.chunk_size)
+
+    @staticmethod
+    def _stat_size(path: pathlib.Path, what: str) -> int:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"{what} not found") from None
+
+    async def size(self, digest: str) -> int:
+        """The size of a stored blob.
+
+        Raises:
+            InvalidArgumentError: malformed digest. NotFoundError: no such blob.
+        """
+        return await run_io("inspecting a blob", self._stat_size, self.blob_path(digest), "blob")
+
+    async def exists(self, digest: str) -> bool:
+        """Whether ``digest`` is stored (malformed digest: InvalidArgumentError)."""
+        return await run_io("inspecting a blob", self.blob_path(digest).exists)
+
+    def iter_digests(self) -> Iterator[str]:
+        """Digests of the files in ``blobs/`` (blocking directory scan; for the reaper, which
+        should run it in a worker thread). Files that do not belong there are skipped."""
+        for first in _sorted_subdirs(self._blobs_dir):
+            for second in _sorted_subdirs(self._blobs_dir / first):
+                for name in sorted(os.listdir(self._blobs_dir / first / second)):
+                    if _DIGEST_RE.fullmatch(name) and name[:2] == first and name[2:4] == second:
+                        yield name
+
+    # -- deleting -------------------------------------------------------------------------
+
+    async def delete_if_unpinned(self, digest: str) -> bool:
+        """Delete ``digest``'s file unless it is pinned.
+
+        Returns:
+            True if a file was deleted; False if it is pinned or does not exist.
+
+        Raises:
+            InvalidArgumentError: malformed digest. StorageIOError: the unlink failed.
+        """
+        path = self.blob_path(digest)
+        async with self._digest_locks.hold(digest):
+            if self._pins.get(digest):
+                return False
+            return await run_io("deleting a blob", self._disk.delete, path)
+
+    def _list_stale_parts(self, older_than: float) -> list[str]:
+        cutoff = time.time() - older_than
+        stale = []
+        with os.scandir(self._tmp_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(_PART_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            stale.append(entry.name)
+        return stale
+
+    def _unlink_parts(self, names: list[str]) -> int:
+        return sum(unlink_existing(self._tmp_dir / name) for name in names)
+
+    async def remove_stale_temp(self, older_than: float) -> int:
+        """Remove ``tmp/*.part`` files last modified more than ``older_than`` seconds ago (wall
+        clock), except those of writes still running in this store.
+
+        Returns:
+            How many files were removed.
+
+        Raises:
+            InvalidArgumentError: negative ``older_than``. StorageIOError: the scan failed.
+        """
+        if older_than < 0:
+            raise InvalidArgumentError("older_than must be >= 0")
+        stale = await run_io("scanning temp files", self._list_stale_parts, older_than)
+        stale = [name for name in stale if name not in self._active_parts]
+        return await run_io("removing temp files", self._unlink_parts, stale)
+
+    # -- resumable uploads ----------------------------------------------------------------
+
+    def _create_upload(self, path: pathlib.Path) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise AlreadyExistsError("upload already exists") from None
+        try:
+            self._disk.fsync_fd(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        self._disk.fsync_dir(path.parent)
+
+    async def upload_create(self, upload_id: str) -> None:
+        """Create the empty, durable file of a new upload.
+
+        Raises:
+            InvalidArgumentError: malformed upload id. AlreadyExistsError: it exists.
+            StorageFullError, StorageIOError: the disk failed (nothing is left behind).
+        """
+        path = self._upload_path(upload_id)
+        async with self._upload_locks.hold(upload_id):
+            await run_io("creating an upload", self._create_upload, path)
+
+    def _append(self, path: pathlib.Path, offset: int, data: bytes) -> int:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            raise NotFoundError("upload not found") from None
+        try:
+            size = os.fstat(fd).st_size
+            if offset != size:
+                raise InvalidArgumentError(f"offset {offset} does not match {size} bytes received")
+            if not data:
+                return size
+            try:
+                self._disk.write_at(fd, data, size)
+                self._disk.fsync_fd(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+            return size + len(data)
+        finally:
+            os.close(fd)
+
+    async def upload_append(self, upload_id: str, offset: int, data: bytes) -> int:
+        """Append ``data`` at ``offset`` and fsync before returning.
+
+        Returns:
+            The new durable size.
+
+        Raises:
+            InvalidArgumentError: malformed id, or ``offset`` is not the current size.
+            NotFoundError: no such upload.
+            StorageFullError, StorageIOError: the disk failed; the file keeps its old size.
+        """
+        path = self._upload_path(upload_id)
+        _check_count(offset, "offset")
+        async with self._upload_locks.hold(upload_id):
+            return await run_io("appending to an upload", self._append, path, offset, data)
+
+    async def upload_size(self, upload_id: str) -> int:
+        """Bytes durably received by an upload (NotFoundError if it does not exist)."""
+        path = self._upload_path(upload_id)
+        return await run_io("inspecting an upload", self._stat_size, path, "upload")
+
+    def _hash_some(self, fd: int, hasher: Any, offset: int, end: int) -> None:
+        while offset < end:
+            data = os.pread(fd, min(self.chunk_size, end - offset), offset)
+            if not data:
+                raise StorageIOError("upload file shrank while it was being hashed")
+            hasher.update(data)
+            offset += len(data)
+
+    async def _hash_upload(self, path: pathlib.Path) -> tuple[str, int]:
+        fd, size = await run_io("opening an upload", self._open_ro, path, "upload")
+        try:
+            hasher = hashlib.sha256()
+            for offset in range(0, size, _HASH_BATCH):
+                end = min(offset + _HASH_BATCH, size)
+                await run_io("hashing an upload", self._hash_some, fd, hasher, offset, end)
+            await run_io("syncing an upload", self._disk.seal, fd)
+            return hasher.hexdigest(), size
+        finally:
+            os.close(fd)
+
+    async def upload_finish(
+        self, upload_id: str, *, expected_sha256: str | None = None
+    ) -> WrittenBlob:
+        """Hash the upload's bytes and move them into ``blobs/`` like :meth:`write`.
+
+        Returns:
+            The pinned ``WrittenBlob``; the upload no longer exists.
+
+        Raises:
+            InvalidArgumentError: malformed id or ``expected_sha256``.
+            NotFoundError: no such upload.
+            ChecksumMismatchError: the bytes do not hash to ``expected_sha256``; the upload
+                is discarded.
+            StorageFullError, StorageIOError: the disk failed; the upload stays resumable
+                unless the failure came after the rename (then nothing is visible and the
+                upload is gone).
+        """
+        path = self._upload_path(upload_id)
+        expected = _check_sha256(expected_sha256)
+        async with self._upload_locks.hold(upload_id):
+            try:
+                digest, size = await self._hash_upload(path)
+                if expected is not None and digest != expected:
+                    await run_io("discarding an upload", unlink_quietly, path)
+                    raise ChecksumMismatchError(f"upload has SHA-256 {digest}, not {expected}")
+                return await self._publish(path, digest, size)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._make_writable, path)
+                raise
+
+    @staticmethod
+    def _make_writable(path: pathlib.Path) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+
+    async def upload_discard(self, upload_id: str) -> bool:
+        """Remove an upload's file. Returns whether it existed (InvalidArgumentError on a
+        malformed id)."""
+        path = self._upload_path(upload_id)
+        async with self._upload_locks.hold(upload_id):
+            return await run_io("discarding an upload", unlink_existing, path)
+
+    def iter_upload_ids(self) -> Iterator[str]:
+        """Ids of the upload files on disk (blocking scan, for the reaper)."""
+        for name in sorted(os.listdir(self._uploads_dir)):
+            if _UPLOAD_ID_RE.fullmatch(name):
+                yield name

@@ -1,0 +1,696 @@
+"""Metadata in SQLite: schema, migrations, the single writer and the read functions.
+
+Invariants:
+
+* One writer. :class:`MetadataWriter` owns the only read-write connection of a process; in the
+  server it is driven by :class:`MetadataActor` alone, so writes are serialized. The actor is
+  also the only place blob files are deleted (after it sees their reference count at zero). The admin CLI may
+  open its own writer on the same file while the server runs; SQLite's write lock and
+  ``busy_timeout`` serialize the two.
+* One transaction per mutation (``BEGIN IMMEDIATE`` ... ``COMMIT``): a put's version row, its
+  reference count change and the tenant's quota usage commit together or not at all.
+* ``blobs.refcount`` = object version rows + tenant blob rows naming that digest; a ``blobs`` row
+  exists only while the count is positive. A writer call returns the digests whose row it
+  removed ("zeroed"); their files may then be deleted, unless pinned by an in-flight write.
+* ``tenants.used_bytes`` = logical bytes of every stored object version (current or not; delete
+  markers count 0) plus every tenant blob. Shared content counts for each holder. Upload
+  sessions in progress do not count; they are checked at start and at completion.
+* Within a (bucket, key), ``seq`` orders versions (larger is newer) and exactly the newest row
+  has ``latest = 1``. ``version_id`` is random, never empty, unique.
+* Keys are stored as UTF-8 BLOBs, so ``ORDER BY key`` is bytewise.
+* Reads run on separate ``query_only`` connections, each read in one transaction (a snapshot);
+  in WAL mode they never wait for the writer.
+* The schema version is ``PRAGMA user_version``; migrations run in order, each in the same
+  transaction as its version bump. A database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from ..actors import Actor
+from ._blobs import BlobStore
+from ._errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    QuotaExceededError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from ._queries import (
+    OBJECT_COLUMNS,
+    AppInfo,
+    BlobInfo,
+    BucketInfo,
+    ObjectInfo,
+    TenantInfo,
+    bucket_row,
+    connect,
+    dump_json,
+    read_refcount,
+    tenant_id,
+    transaction,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "MetadataActor",
+    "MetadataWriter",
+    "ReclaimBlob",
+    "WriteResult",
+    "migrate",
+]
+
+# ----------------------------------------------------------------------------- migrations
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    statements = [
+        "CREATE TABLE settings (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        """CREATE TABLE tenants (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, quota_bytes INTEGER,
+            used_bytes INTEGER NOT NULL DEFAULT 0 CHECK (used_bytes >= 0),
+            created REAL NOT NULL)""",
+        """CREATE TABLE apps (
+            client_id TEXT PRIMARY KEY, tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            name TEXT NOT NULL, secret_hash TEXT NOT NULL, created REAL NOT NULL,
+            UNIQUE (tenant_id, name))""",
+        """CREATE TABLE grants (
+            client_id TEXT NOT NULL REFERENCES apps(client_id) ON DELETE CASCADE,
+            scope TEXT NOT NULL, PRIMARY KEY (client_id, scope)) WITHOUT ROWID""",
+        """CREATE TABLE buckets (
+            id INTEGER PRIMARY KEY, tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            name TEXT NOT NULL, versioning INTEGER NOT NULL, created REAL NOT NULL,
+            UNIQUE (tenant_id, name))""",
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
+            refcount INTEGER NOT NULL CHECK (refcount > 0), created REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE object_versions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            bucket_id INTEGER NOT NULL REFERENCES buckets(id),
+            key BLOB NOT NULL, version_id TEXT NOT NULL UNIQUE,
+            latest INTEGER NOT NULL, delete_marker INTEGER NOT NULL,
+            digest TEXT REFERENCES blobs(digest), size INTEGER NOT NULL,
+            content_type TEXT NOT NULL, user_metadata TEXT NOT NULL, last_modified REAL NOT NULL,
+            CHECK ((delete_marker = 1) = (digest IS NULL)))""",
+        "CREATE INDEX object_versions_by_key ON object_versions (bucket_id, key, seq)",
+        """CREATE UNIQUE INDEX object_versions_latest ON object_versions (bucket_id, key)
+            WHERE latest = 1""",
+        "CREATE INDEX object_versions_by_digest ON object_versions (digest)",
+        """CREATE TABLE tenant_blobs (
+            tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            digest TEXT NOT NULL REFERENCES blobs(digest), size INTEGER NOT NULL,
+            attributes TEXT NOT NULL, content_type TEXT NOT NULL, created REAL NOT NULL,
+            PRIMARY KEY (tenant_id, digest)) WITHOUT ROWID""",
+        """CREATE TABLE uploads (
+            upload_id TEXT PRIMARY KEY, tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+            total_size INTEGER NOT NULL, received INTEGER NOT NULL DEFAULT 0,
+            attributes TEXT NOT NULL, created REAL NOT NULL, expires_at REAL NOT NULL)""",
+        "CREATE INDEX uploads_by_expiry ON uploads (expires_at)",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES ('page_token_secret', ?)",
+        (secrets.token_bytes(32),),
+    )
+
+
+#: Ordered migrations; migration ``i`` (0-based) brings ``user_version`` from ``i`` to ``i + 1``.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Callable[[sqlite3.Connection], None]] = MIGRATIONS,
+) -> int:
+    """Bring the schema up to date, one transaction per migration.
+
+    Returns:
+        The schema version after migrating.
+
+    Raises:
+        StorageError: the database was written by a newer version of this code.
+    """
+    while True:
+        with transaction(conn, write=True):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(migrations):
+                raise StorageError(
+                    f"metadata schema version {version} is newer than this code "
+                    f"({len(migrations)})"
+                )
+            if version == len(migrations):
+                return version
+            migrations[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+# -------------------------------------------------------------------------------- messages
+
+
+@attrs.frozen
+class CreateTenant:
+    """Create a tenant (reply: TenantInfo)."""
+    op: ClassVar[str] = "create_tenant"
+    name: str
+    quota_bytes: int | None
+    now: float
+
+
+@attrs.frozen
+class SetTenantQuota:
+    """Change a tenant's quota (reply: TenantInfo)."""
+    op: ClassVar[str] = "set_tenant_quota"
+    name: str
+    quota_bytes: int | None
+
+
+@attrs.frozen
+class CreateApp:
+    """Register an app with an opaque secret hash (reply: AppInfo)."""
+    op: ClassVar[str] = "create_app"
+    tenant: str
+    name: str
+    client_id: str
+    secret_hash: str
+    now: float
+
+
+@attrs.frozen
+class SetAppSecret:
+    """Replace an app's secret hash."""
+    op: ClassVar[str] = "set_app_secret"
+    client_id: str
+    secret_hash: str
+
+
+@attrs.frozen
+class ChangeGrants:
+    """Grant (``grant=True``) or revoke scopes, idempotently."""
+    op: ClassVar[str] = "change_grants"
+    client_id: str
+    scopes: tuple[str, ...]
+    grant: bool
+
+
+@attrs.frozen
+class CreateBucket:
+    """Create a bucket (reply: BucketInfo)."""
+    op: ClassVar[str] = "create_bucket"
+    tenant: str
+    name: str
+    versioning: bool
+    now: float
+
+
+@attrs.frozen
+class DeleteBucket:
+    """Delete a bucket that holds no version or delete marker."""
+    op: ClassVar[str] = "delete_bucket"
+    tenant: str
+    name: str
+
+
+@attrs.frozen
+class CommitPut:
+    """Record a durable blob as a new object version (reply: ObjectInfo)."""
+    op: ClassVar[str] = "commit_put"
+    tenant: str
+    bucket: str
+    key: bytes
+    digest: str
+    size: int
+    content_type: str
+    user_metadata: dict[str, str]
+    if_none_match: bool
+    now: float
+
+
+@attrs.frozen
+class DeleteObject:
+    """Delete an object or one version (reply: ``(version_id, delete_marker)``)."""
+    op: ClassVar[str] = "delete_object"
+    tenant: str
+    bucket: str
+    key: bytes
+    version_id: str | None
+    now: float
+
+
+@attrs.frozen
+class StartUpload:
+    """Record a new upload session."""
+    op: ClassVar[str] = "start_upload"
+    tenant: str
+    upload_id: str
+    total_size: int
+    attributes: dict[str, str]
+    now: float
+    expires_at: float
+
+
+@attrs.frozen
+class TouchUpload:
+    """Record upload progress and push its expiry out."""
+    op: ClassVar[str] = "touch_upload"
+    tenant: str
+    upload_id: str
+    received: int
+    expires_at: float
+
+
+@attrs.frozen
+class CompleteUpload:
+    """Turn an upload into a tenant blob (reply: ``(BlobInfo, deduplicated)``)."""
+    op: ClassVar[str] = "complete_upload"
+    tenant: str
+    upload_id: str
+    digest: str
+    size: int
+    now: float
+
+
+@attrs.frozen
+class DiscardUpload:
+    """Forget an upload session."""
+    op: ClassVar[str] = "discard_upload"
+    tenant: str
+    upload_id: str
+
+
+@attrs.frozen
+class DeleteBlob:
+    """Remove a tenant's blob reference."""
+    op: ClassVar[str] = "delete_blob"
+    tenant: str
+    digest: str
+
+
+@attrs.frozen
+class ExpireUploads:
+    """Remove sessions expired at ``now`` (reply: their ids)."""
+    op: ClassVar[str] = "expire_uploads"
+    now: float
+
+
+@attrs.frozen
+class WriteResult:
+    """What a write returns: its ``value`` and the digests whose last reference it removed."""
+
+    value: Any
+    zeroed: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------- writer
+
+
+class MetadataWriter:
+    """The single writer: applies one message per transaction on its own connection.
+
+    Args:
+        path: the SQLite file (created and migrated if needed).
+
+    Every ``apply`` either commits fully or raises with nothing changed. Domain errors are
+    :class:`StorageError` subclasses; anything else (``sqlite3`` errors) means the connection
+    or disk is in trouble and the owner should be restarted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.conn = connect(path)
+        migrate(self.conn)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def apply(self, message: Any) -> WriteResult:
+        """Apply one write message in one transaction and return its :class:`WriteResult`."""
+        handler = getattr(self, "_" + message.op)
+        try:
+            with transaction(self.conn, write=True) as conn:
+                return handler(conn, message)
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise StorageUnavailableError("metadata is busy; retry") from exc
+            if "full" in text:
+                raise StorageFullError("metadata disk is full") from exc
+            raise
+
+    # -- references and quota (inside a transaction)
+
+    def _ref(self, conn: sqlite3.Connection, digest: str, size: int, now: float) -> None:
+        cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE digest = ?", (digest,))
+        if cur.rowcount == 0:
+            conn.execute(
+                "INSERT INTO blobs (digest, size, refcount, created) VALUES (?, ?, 1, ?)",
+                (digest, size, now),
+            )
+
+    def _unref(self, conn: sqlite3.Connection, digest: str, zeroed: list[str]) -> None:
+        (count,) = conn.execute("SELECT refcount FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        if count == 1:
+            conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            zeroed.append(digest)
+        else:
+            conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE digest = ?", (digest,))
+
+    def _charge(self, conn: sqlite3.Connection, tid: int, delta: int) -> None:
+        quota, used = conn.execute(
+            "SELECT quota_bytes, used_bytes FROM tenants WHERE id = ?", (tid,)
+        ).fetchone()
+        if delta > 0 and quota is not None and used + delta > quota:
+            raise QuotaExceededError(
+                f"tenant quota of {quota} bytes exceeded ({used} used, {delta} more needed)"
+            )
+        conn.execute("UPDATE tenants SET used_bytes = used_bytes + ? WHERE id = ?", (delta, tid))
+
+    # -- tenants, apps, grants
+
+    def _create_tenant(self, conn: sqlite3.Connection, m: CreateTenant) -> WriteResult:
+        if not m.name or len(m.name) > 255 or not m.name.isprintable():
+            raise InvalidArgumentError("a tenant name is 1-255 printable characters")
+        if m.quota_bytes is not None and m.quota_bytes < 0:
+            raise InvalidArgumentError("quota_bytes must not be negative")
+        if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (m.name,)).fetchone():
+            raise AlreadyExistsError(f"tenant {m.name!r} already exists")
+        conn.execute(
+            "INSERT INTO tenants (name, quota_bytes, used_bytes, created) VALUES (?, ?, 0, ?)",
+            (m.name, m.quota_bytes, m.now),
+        )
+        return WriteResult(TenantInfo(m.name, m.quota_bytes, 0))
+
+    def _set_tenant_quota(self, conn: sqlite3.Connection, m: SetTenantQuota) -> WriteResult:
+        if m.quota_bytes is not None and m.quota_bytes < 0:
+            raise InvalidArgumentError("quota_bytes must not be negative")
+        tid = tenant_id(conn, m.name)
+        conn.execute("UPDATE tenants SET quota_bytes = ? WHERE id = ?", (m.quota_bytes, tid))
+        (used,) = conn.execute("SELECT used_bytes FROM tenants WHERE id = ?", (tid,)).fetchone()
+        return WriteResult(TenantInfo(m.name, m.quota_bytes, used))
+
+    def _create_app(self, conn: sqlite3.Connection, m: CreateApp) -> WriteResult:
+        tid = tenant_id(conn, m.tenant)
+        if not m.client_id or not m.name:
+            raise InvalidArgumentError("an app needs a client id and a name")
+        if conn.execute("SELECT 1 FROM apps WHERE client_id = ?", (m.client_id,)).fetchone():
+            raise AlreadyExistsError(f"app {m.client_id!r} already exists")
+        if conn.execute(
+            "SELECT 1 FROM apps WHERE tenant_id = ? AND name = ?", (tid, m.name)
+        ).fetchone():
+            raise AlreadyExistsError(f"tenant {m.tenant!r} already has an app named {m.name!r}")
+        conn.execute(
+            "INSERT INTO apps (client_id, tenant_id, name, secret_hash, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (m.client_id, tid, m.name, m.secret_hash, m.now),
+        )
+        return WriteResult(AppInfo(m.client_id, m.tenant, m.name, m.secret_hash, frozenset()))
+
+    def _set_app_secret(self, conn: sqlite3.Connection, m: SetAppSecret) -> WriteResult:
+        cur = conn.execute(
+            "UPDATE apps SET secret_hash = ? WHERE client_id = ?", (m.secret_hash, m.client_id)
+        )
+        if cur.rowcount == 0:
+            raise NotFoundError(f"app {m.client_id!r} does not exist")
+        return WriteResult(None)
+
+    def _change_grants(self, conn: sqlite3.Connection, m: ChangeGrants) -> WriteResult:
+        if not conn.execute("SELECT 1 FROM apps WHERE client_id = ?", (m.client_id,)).fetchone():
+            raise NotFoundError(f"app {m.client_id!r} does not exist")
+        sql = (
+            "INSERT OR IGNORE INTO grants (client_id, scope) VALUES (?, ?)"
+            if m.grant
+            else "DELETE FROM grants WHERE client_id = ? AND scope = ?"
+        )
+        conn.executemany(sql, [(m.client_id, scope) for scope in m.scopes])
+        return WriteResult(None)
+
+    # -- buckets
+
+    def _create_bucket(self, conn: sqlite3.Connection, m: CreateBucket) -> WriteResult:
+        tid = tenant_id(conn, m.tenant)
+        if conn.execute(
+            "SELECT 1 FROM buckets WHERE tenant_id = ? AND name = ?", (tid, m.name)
+        ).fetchone():
+            raise AlreadyExistsError(f"bucket {m.name!r} already exists")
+        conn.execute(
+            "INSERT INTO buckets (tenant_id, name, versioning, created) VALUES (?, ?, ?, ?)",
+            (tid, m.name, int(m.versioning), m.now),
+        )
+        return WriteResult(BucketInfo(m.name, m.versioning, m.now))
+
+    def _delete_bucket(self, conn: sqlite3.Connection, m: DeleteBucket) -> WriteResult:
+        bid, _ = bucket_row(conn, m.tenant, m.name)
+        if conn.execute("SELECT 1 FROM object_versions WHERE bucket_id = ? LIMIT 1", (bid,)).fetchone():
+            raise FailedPreconditionError(f"bucket {m.name!r} still holds objects")
+        conn.execute("DELETE FROM buckets WHERE id = ?", (bid,))
+        return WriteResult(None)
+
+    # -- objects
+
+    def _latest(self, conn: sqlite3.Connection, bid: int, key: bytes) -> tuple | None:
+        return conn.execute(
+            f"SELECT {OBJECT_COLUMNS} FROM object_versions "
+            "WHERE bucket_id = ? AND key = ? AND latest = 1",
+            (bid, key),
+        ).fetchone()
+
+    def _remove_version(
+        self, conn: sqlite3.Connection, tid: int, bid: int, key: bytes, row: tuple,
+        zeroed: list[str],
+    ) -> None:
+        seq, digest, size, latest = row[0], row[5], row[6], row[3]
+        conn.execute("DELETE FROM object_versions WHERE seq = ?", (seq,))
+        if digest is not None:
+            self._unref(conn, digest, zeroed)
+            self._charge(conn, tid, -size)
+        if latest:
+            conn.execute(
+                "UPDATE object_versions SET latest = 1 WHERE seq = (SELECT max(seq) "
+                "FROM object_versions WHERE bucket_id = ? AND key = ?)",
+                (bid, key),
+            )
+
+    def _insert_version(
+        self, conn: sqlite3.Connection, bucket: str, bid: int, key: bytes, *,
+        digest: str | None, size: int, content_type: str, user_metadata: dict[str, str],
+        now: float,
+    ) -> ObjectInfo:
+        conn.execute(
+            "UPDATE object_versions SET latest = 0 WHERE bucket_id = ? AND key = ? AND latest = 1",
+            (bid, key),
+        )
+        version_id = secrets.token_hex(16)
+        cur = conn.execute(
+            "INSERT INTO object_versions (bucket_id, key, version_id, latest, delete_marker, "
+            "digest, size, content_type, user_metadata, last_modified) "
+            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            (bid, key, version_id, int(digest is None), digest, size, content_type,
+             dump_json(user_metadata), now),
+        )
+        return ObjectInfo(
+            bucket=bucket, key=key.decode("utf-8"), version_id=version_id, size=size,
+            etag=digest or "", content_type=content_type, user_metadata=dict(user_metadata),
+            last_modified=now, is_latest=True, delete_marker=digest is None, seq=cur.lastrowid,
+        )
+
+    def _commit_put(self, conn: sqlite3.Connection, m: CommitPut) -> WriteResult:
+        tid = tenant_id(conn, m.tenant)
+        bid, versioning = bucket_row(conn, m.tenant, m.bucket)
+        latest = self._latest(conn, bid, m.key)
+        if m.if_none_match and latest is not None and not latest[4]:
+            raise AlreadyExistsError(f"object {m.key.decode()!r} already exists")
+        zeroed: list[str] = []
+        # Take the new reference first, so replacing content with itself never zeroes it.
+        self._ref(conn, m.digest, m.size, m.now)
+        if not versioning:
+            for row in conn.execute(
+                f"SELECT {OBJECT_COLUMNS} FROM object_versions WHERE bucket_id = ? AND key = ?",
+                (bid, m.key),
+            ).fetchall():
+                self._remove_version(conn, tid, bid, m.key, row, zeroed)
+        self._charge(conn, tid, m.size)
+        info = self._insert_version(
+            conn, m.bucket, bid, m.key, digest=m.digest, size=m.size,
+            content_type=m.content_type, user_metadata=m.user_metadata, now=m.now,
+        )
+        return WriteResult(info, tuple(zeroed))
+
+    def _delete_object(self, conn: sqlite3.Connection, m: DeleteObject) -> WriteResult:
+        """Returns ``(version_id, delete_marker)``; see the façade for the rules."""
+        tid = tenant_id(conn, m.tenant)
+        bid, versioning = bucket_row(conn, m.tenant, m.bucket)
+        zeroed: list[str] = []
+        if m.version_id:
+            row = conn.execute(
+                f"SELECT {OBJECT_COLUMNS} FROM object_versions "
+                "WHERE bucket_id = ? AND key = ? AND version_id = ?",
+                (bid, m.key, m.version_id),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"version {m.version_id!r} does not exist")
+            self._remove_version(conn, tid, bid, m.key, row, zeroed)
+            return WriteResult((m.version_id, bool(row[4])), tuple(zeroed))
+        latest = self._latest(conn, bid, m.key)
+        if latest is None:
+            return WriteResult(("", False))
+        if versioning:
+            if latest[4]:
+                return WriteResult((latest[2], True))
+            info = self._insert_version(
+                conn, m.bucket, bid, m.key, digest=None, size=0, content_type="",
+                user_metadata={}, now=m.now,
+            )
+            return WriteResult((info.version_id, True))
+        for row in conn.execute(
+            f"SELECT {OBJECT_COLUMNS} FROM object_versions WHERE bucket_id = ? AND key = ?",
+            (bid, m.key),
+        ).fetchall():
+            self._remove_version(conn, tid, bid, m.key, row, zeroed)
+        return WriteResult((latest[2], bool(latest[4])), tuple(zeroed))
+
+    # -- uploads and blobs
+
+    def _start_upload(self, conn: sqlite3.Connection, m: StartUpload) -> WriteResult:
+        tid = tenant_id(conn, m.tenant)
+        conn.execute(
+            "INSERT INTO uploads (upload_id, tenant_id, total_size, received, attributes, "
+            "created, expires_at) VALUES (?, ?, ?, 0, ?, ?, ?)",
+            (m.upload_id, tid, m.total_size, dump_json(m.attributes), m.now, m.expires_at),
+        )
+        return WriteResult(None)
+
+    def _upload_tenant_check(self, conn: sqlite3.Connection, tenant: str, upload_id: str) -> int:
+        tid = tenant_id(conn, tenant)
+        row = conn.execute(
+            "SELECT tenant_id FROM uploads WHERE upload_id = ?", (upload_id,)
+        ).fetchone()
+        if row is None or row[0] != tid:
+            raise NotFoundError(f"upload {upload_id!r} does not exist")
+        return tid
+
+    def _touch_upload(self, conn: sqlite3.Connection, m: TouchUpload) -> WriteResult:
+        self._upload_tenant_check(conn, m.tenant, m.upload_id)
+        conn.execute(
+            "UPDATE uploads SET received = ?, expires_at = ? WHERE upload_id = ?",
+            (m.received, m.expires_at, m.upload_id),
+        )
+        return WriteResult(None)
+
+    def _complete_upload(self, conn: sqlite3.Connection, m: CompleteUpload) -> WriteResult:
+        """Returns ``(BlobInfo, deduplicated)``; the session row is gone either way."""
+        tid = self._upload_tenant_check(conn, m.tenant, m.upload_id)
+        (attrs_json,) = conn.execute(
+            "SELECT attributes FROM uploads WHERE upload_id = ?", (m.upload_id,)
+        ).fetchone()
+        conn.execute("DELETE FROM uploads WHERE upload_id = ?", (m.upload_id,))
+        row = conn.execute(
+            "SELECT size, content_type, attributes, created FROM tenant_blobs "
+            "WHERE tenant_id = ? AND digest = ?",
+            (tid, m.digest),
+        ).fetchone()
+        if row is not None:
+            info = BlobInfo(m.digest, row[0], row[1], json.loads(row[2]), row[3])
+            return WriteResult((info, True))
+        attributes = json.loads(attrs_json)
+        content_type = attributes.get("content-type", "application/octet-stream")
+        self._charge(conn, tid, m.size)
+        self._ref(conn, m.digest, m.size, m.now)
+        conn.execute(
+            "INSERT INTO tenant_blobs (tenant_id, digest, size, attributes, content_type, "
+            "created) VALUES (?, ?, ?, ?, ?, ?)",
+            (tid, m.digest, m.size, attrs_json, content_type, m.now),
+        )
+        return WriteResult((BlobInfo(m.digest, m.size, content_type, attributes, m.now), False))
+
+    def _discard_upload(self, conn: sqlite3.Connection, m: DiscardUpload) -> WriteResult:
+        self._upload_tenant_check(conn, m.tenant, m.upload_id)
+        conn.execute("DELETE FROM uploads WHERE upload_id = ?", (m.upload_id,))
+        return WriteResult(None)
+
+    def _delete_blob(self, conn: sqlite3.Connection, m: DeleteBlob) -> WriteResult:
+        tid = tenant_id(conn, m.tenant)
+        row = conn.execute(
+            "SELECT size FROM tenant_blobs WHERE tenant_id = ? AND digest = ?", (tid, m.digest)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"blob sha256:{m.digest} does not exist")
+        conn.execute("DELETE FROM tenant_blobs WHERE tenant_id = ? AND digest = ?", (tid, m.digest))
+        zeroed: list[str] = []
+        self._unref(conn, m.digest, zeroed)
+        self._charge(conn, tid, -row[0])
+        return WriteResult(None, tuple(zeroed))
+
+    def _expire_uploads(self, conn: sqlite3.Connection, m: ExpireUploads) -> WriteResult:
+        """Returns the ids of the sessions removed (their files are the caller's to discard)."""
+        sql = "SELECT upload_id FROM uploads WHERE expires_at <= ? ORDER BY upload_id"
+        ids = [r[0] for r in conn.execute(sql, (m.now,))]
+        conn.executemany("DELETE FROM uploads WHERE upload_id = ?", [(i,) for i in ids])
+        return WriteResult(tuple(ids))
+
+
+# ----------------------------------------------------------------------------------- actor
+
+
+@attrs.frozen
+class ReclaimBlob:
+    """Ask the metadata actor to delete ``digest``'s file if nothing references or pins it."""
+
+    digest: str
+
+
+class MetadataActor(Actor):
+    """The single metadata writer, plus the only place blob files are deleted.
+
+    Args:
+        path: the SQLite file (created and migrated in ``on_start``).
+        blobs: the blob store whose unreferenced files it deletes.
+
+    Messages: the write messages of :mod:`._metadata` (reply: their value) and
+    :class:`ReclaimBlob` (reply: whether a file was deleted). :class:`StorageError` is replied;
+    anything else (a broken connection or disk) crashes the actor so the supervisor restarts it.
+    """
+
+    reply_errors = (StorageError,)
+
+    def __init__(self, path: Path, blobs: BlobStore) -> None:
+        self._path = path
+        self._blobs = blobs
+        self._writer: MetadataWriter | None = None
+
+    async def on_start(self) -> None:
+        self._writer = await trio.to_thread.run_sync(MetadataWriter, self._path)
+
+    async def on_stop(self) -> None:
+        if self._writer is not None:
+            await trio.to_thread.run_sync(self._writer.close)
+
+    async def receive(self, message: Any) -> Any:
+        assert self._writer is not None
+        if isinstance(message, ReclaimBlob):
+            return await self._reclaim(message.digest)
+        result = await trio.to_thread.run_sync(self._writer.apply, message)
+        for digest in result.zeroed:
+            try:
+                await self._reclaim(digest)
+            except StorageError:
+                pass  # committed already; the reaper retries the file later
+        return result.value
+
+    async def _reclaim(self, digest: str) -> bool:
+        assert self._writer is not None
+        count = await trio.to_thread.run_sync(read_refcount, self._writer.conn, digest)
+        if count:
+            return False
+        return await self._blobs.delete_if_unpinned(digest)

@@ -1,0 +1,296 @@
+"""Tests for the SQLite metadata layer: migrations, the single writer's transactions, reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from anvil_trio.storage import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    QuotaExceededError,
+    StorageError,
+)
+from anvil_trio.storage import _metadata as m
+from anvil_trio.storage import _queries as q
+
+D1 = "1" * 64
+D2 = "2" * 64
+
+
+@pytest.fixture
+def writer(tmp_path: Path):
+    w = m.MetadataWriter(tmp_path / "meta.sqlite3")
+    w.apply(m.CreateTenant("acme", None, 1.0))
+    w.apply(m.CreateBucket("acme", "bkt", True, 1.0))
+    w.apply(m.CreateBucket("acme", "flat", False, 1.0))
+    yield w
+    w.close()
+
+
+def read(w: m.MetadataWriter, fn, *args, **kwargs):
+    """Run a read function on a fresh read-only connection, in one read transaction."""
+    conn = q.connect(Path(w.conn.execute("PRAGMA database_list").fetchone()[2]), read_only=True)
+    try:
+        with q.transaction(conn, write=False):
+            return fn(conn, *args, **kwargs)
+    finally:
+        conn.close()
+
+
+def put(w, key: bytes, digest: str, size: int, *, bucket: str = "bkt", **kw) -> q.ObjectInfo:
+    msg = m.CommitPut("acme", bucket, key, digest, size, "text/plain", {"a": "b"},
+                      kw.get("if_none_match", False), 2.0)
+    return w.apply(msg).value
+
+
+def refcount(w, digest: str) -> int:
+    return read(w, q.read_refcount, digest)
+
+
+def used(w, tenant: str = "acme") -> int:
+    return read(w, q.read_tenant, tenant).used_bytes
+
+
+def test_fresh_database_is_migrated(tmp_path: Path) -> None:
+    """A new file gets every migration, WAL mode, foreign keys and a 32-byte token secret."""
+    w = m.MetadataWriter(tmp_path / "meta.sqlite3")
+    conn = w.conn
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(m.MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"tenants", "apps", "grants", "buckets", "object_versions", "blobs",
+            "tenant_blobs", "uploads", "settings"} <= tables
+    assert len(read(w, q.read_setting, "page_token_secret")) == 32
+    w.close()
+
+
+def test_existing_database_keeps_data_and_secret(tmp_path: Path) -> None:
+    """Reopening an up-to-date database migrates nothing and keeps rows and the secret."""
+    path = tmp_path / "meta.sqlite3"
+    w = m.MetadataWriter(path)
+    w.apply(m.CreateTenant("acme", 10, 1.0))
+    secret = read(w, q.read_setting, "page_token_secret")
+    w.close()
+    w2 = m.MetadataWriter(path)
+    assert read(w2, q.read_tenant, "acme") == q.TenantInfo("acme", 10, 0)
+    assert read(w2, q.read_setting, "page_token_secret") == secret
+    w2.close()
+
+
+def test_new_migration_applies_to_existing_database(tmp_path: Path) -> None:
+    """A later migration runs once on an existing database, in order, keeping its data."""
+    path = tmp_path / "meta.sqlite3"
+    w = m.MetadataWriter(path)
+    w.apply(m.CreateTenant("acme", None, 1.0))
+    w.close()
+    calls = []
+
+    def add_column(conn: sqlite3.Connection) -> None:
+        calls.append(1)
+        conn.execute("ALTER TABLE tenants ADD COLUMN note TEXT NOT NULL DEFAULT 'x'")
+
+    conn = q.connect(path)
+    assert m.migrate(conn, (*m.MIGRATIONS, add_column)) == len(m.MIGRATIONS) + 1
+    assert m.migrate(conn, (*m.MIGRATIONS, add_column)) == len(m.MIGRATIONS) + 1
+    assert calls == [1]
+    assert conn.execute("SELECT name, note FROM tenants").fetchall() == [("acme", "x")]
+    conn.close()
+
+
+def test_failed_migration_rolls_back(tmp_path: Path) -> None:
+    """A migration that fails leaves neither its changes nor a version bump behind."""
+    path = tmp_path / "meta.sqlite3"
+    m.MetadataWriter(path).close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("boom")
+
+    conn = q.connect(path)
+    with pytest.raises(RuntimeError):
+        m.migrate(conn, (*m.MIGRATIONS, broken))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(m.MIGRATIONS)
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name='half_done'").fetchone() is None
+    conn.close()
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer schema is refused rather than misread."""
+    path = tmp_path / "meta.sqlite3"
+    conn = q.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(m.MIGRATIONS) + 5}")
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        m.MetadataWriter(path)
+
+
+def test_tenants_apps_and_grants(writer: m.MetadataWriter) -> None:
+    """Apps belong to tenants, store secret hashes opaquely, and collect idempotent grants."""
+    with pytest.raises(AlreadyExistsError):
+        writer.apply(m.CreateTenant("acme", None, 1.0))
+    with pytest.raises(NotFoundError):
+        writer.apply(m.CreateApp("nobody", "a", "cid0", "h", 1.0))
+    writer.apply(m.CreateApp("acme", "app", "cid1", "hash-1", 1.0))
+    with pytest.raises(AlreadyExistsError):
+        writer.apply(m.CreateApp("acme", "other", "cid1", "h", 1.0))
+    with pytest.raises(AlreadyExistsError):
+        writer.apply(m.CreateApp("acme", "app", "cid2", "h", 1.0))
+    writer.apply(m.ChangeGrants("cid1", ("read:*", "write:bucket:x"), True))
+    writer.apply(m.ChangeGrants("cid1", ("read:*",), True))
+    writer.apply(m.ChangeGrants("cid1", ("write:bucket:x", "never:granted"), False))
+    writer.apply(m.SetAppSecret("cid1", "hash-2"))
+    assert read(writer, q.read_app, "cid1") == q.AppInfo(
+        "cid1", "acme", "app", "hash-2", frozenset({"read:*"})
+    )
+    with pytest.raises(NotFoundError):
+        writer.apply(m.SetAppSecret("nope", "h"))
+
+
+def test_refcounts_follow_versions(writer: m.MetadataWriter) -> None:
+    """Each version referencing a digest counts once; the last removal zeroes and drops the row."""
+    a = put(writer, b"a", D1, 10)
+    put(writer, b"b", D1, 10)
+    assert refcount(writer, D1) == 2 and used(writer) == 20
+    first = writer.apply(m.DeleteObject("acme", "bkt", b"a", a.version_id, 3.0))
+    assert first.zeroed == () and refcount(writer, D1) == 1
+    b_version = read(writer, q.read_object, "acme", "bkt", b"b", None).version_id
+    last = writer.apply(m.DeleteObject("acme", "bkt", b"b", b_version, 3.0))
+    assert last.zeroed == (D1,) and refcount(writer, D1) == 0 and used(writer) == 0
+
+
+def test_quota_failure_changes_nothing(writer: m.MetadataWriter) -> None:
+    """A put over quota commits no version, no reference and no usage."""
+    writer.apply(m.SetTenantQuota("acme", 15))
+    put(writer, b"a", D1, 10)
+    with pytest.raises(QuotaExceededError):
+        put(writer, b"b", D2, 6)
+    assert refcount(writer, D2) == 0 and used(writer) == 10
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_object, "acme", "bkt", b"b", None)
+
+
+def test_unversioned_put_replaces_and_zeroes_old_bytes(writer: m.MetadataWriter) -> None:
+    """Without versioning a put removes the old version, its reference and its usage."""
+    put(writer, b"k", D1, 10, bucket="flat")
+    result = writer.apply(m.CommitPut("acme", "flat", b"k", D2, 4, "", {}, False, 3.0))
+    assert result.zeroed == (D1,)
+    versions, _ = read(writer, q.read_version_page, "acme", "flat", prefix=b"", max_keys=10,
+                       after=None)
+    assert [(v.etag, v.is_latest) for v in versions] == [(D2, True)]
+    assert used(writer) == 4
+    same = writer.apply(m.CommitPut("acme", "flat", b"k", D2, 4, "", {}, False, 4.0))
+    assert same.zeroed == () and refcount(writer, D2) == 1
+
+
+def test_latest_flag_moves_back_when_newest_is_removed(writer: m.MetadataWriter) -> None:
+    """Deleting the newest version by id makes the next newest the latest again."""
+    v1 = put(writer, b"k", D1, 1)
+    v2 = put(writer, b"k", D2, 2)
+    writer.apply(m.DeleteObject("acme", "bkt", b"k", v2.version_id, 3.0))
+    current = read(writer, q.read_object, "acme", "bkt", b"k", None)
+    assert current.version_id == v1.version_id and current.is_latest
+
+
+def test_delete_markers(writer: m.MetadataWriter) -> None:
+    """Versioned deletes add one marker; the marker hides the key; removing it restores it."""
+    v1 = put(writer, b"k", D1, 1)
+    marker, is_marker = writer.apply(m.DeleteObject("acme", "bkt", b"k", None, 3.0)).value
+    assert is_marker and marker != v1.version_id
+    again = writer.apply(m.DeleteObject("acme", "bkt", b"k", None, 4.0)).value
+    assert again == (marker, True)
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_object, "acme", "bkt", b"k", None)
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_object, "acme", "bkt", b"k", marker)
+    assert writer.apply(m.DeleteObject("acme", "bkt", b"missing", None, 3.0)).value == ("", False)
+    assert writer.apply(m.DeleteObject("acme", "bkt", b"k", marker, 5.0)).value == (marker, True)
+    assert read(writer, q.read_object, "acme", "bkt", b"k", None).version_id == v1.version_id
+
+
+def test_bucket_delete_needs_empty_bucket(writer: m.MetadataWriter) -> None:
+    """A bucket holding only a delete marker cannot be deleted; an empty one can."""
+    v = put(writer, b"k", D1, 1)
+    writer.apply(m.DeleteObject("acme", "bkt", b"k", None, 3.0))
+    writer.apply(m.DeleteObject("acme", "bkt", b"k", v.version_id, 3.0))
+    with pytest.raises(FailedPreconditionError):
+        writer.apply(m.DeleteBucket("acme", "bkt"))
+    marker = read(writer, q.read_version_page, "acme", "bkt", prefix=b"", max_keys=5,
+                  after=None)[0][0]
+    writer.apply(m.DeleteObject("acme", "bkt", b"k", marker.version_id, 3.0))
+    writer.apply(m.DeleteBucket("acme", "bkt"))
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_bucket, "acme", "bkt")
+
+
+def test_tenants_are_isolated(writer: m.MetadataWriter) -> None:
+    """Another tenant may reuse a bucket name and cannot see this tenant's bucket or blobs."""
+    writer.apply(m.CreateTenant("other", None, 1.0))
+    writer.apply(m.CreateBucket("other", "bkt", False, 1.0))
+    put(writer, b"k", D1, 1)
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_object, "other", "bkt", b"k", None)
+    assert [b.name for b in read(writer, q.read_buckets, "other")] == ["bkt"]
+
+
+def test_upload_sessions_and_blobs(writer: m.MetadataWriter) -> None:
+    """Completion removes the session, creates the tenant blob once (dedup), expiry reaps."""
+    writer.apply(m.StartUpload("acme", "a" * 32, 5, {"content-type": "text/x"}, 1.0, 100.0))
+    writer.apply(m.StartUpload("acme", "b" * 32, 5, {}, 1.0, 100.0))
+    writer.apply(m.StartUpload("acme", "c" * 32, 5, {}, 1.0, 50.0))
+    blob, dedup = writer.apply(m.CompleteUpload("acme", "a" * 32, D1, 5, 2.0)).value
+    assert not dedup and blob.content_type == "text/x"
+    _, dedup = writer.apply(m.CompleteUpload("acme", "b" * 32, D1, 5, 2.0)).value
+    assert dedup and used(writer) == 5 and refcount(writer, D1) == 1
+    with pytest.raises(NotFoundError):
+        read(writer, q.read_upload, "acme", "a" * 32)
+    assert writer.apply(m.ExpireUploads(60.0)).value == ("c" * 32,)
+    assert read(writer, q.read_upload_ids) == set()
+    assert writer.apply(m.DeleteBlob("acme", D1)).zeroed == (D1,)
+    with pytest.raises(NotFoundError):
+        writer.apply(m.DeleteBlob("acme", D1))
+
+
+def test_list_pages_bytewise_with_delimiter(writer: m.MetadataWriter) -> None:
+    """Listing orders keys bytewise and counts common prefixes toward max_keys."""
+    for key in ["b", "a/1", "a/2", "Z", "é", "a", "c/d/e"]:
+        put(writer, key.encode(), D1, 1)
+    page = lambda after, n: read(  # noqa: E731
+        writer, q.read_object_page, "acme", "bkt", prefix=b"", delimiter=b"/", max_keys=n,
+        after=after,
+    )
+    seen_objects, seen_prefixes, after = [], [], None
+    while True:
+        objects, prefixes, after = page(after, 2)
+        assert len(objects) + len(prefixes) <= 2
+        seen_objects += [o.key for o in objects]
+        seen_prefixes += prefixes
+        if after is None:
+            break
+    assert seen_objects == ["Z", "a", "b", "é"]
+    assert seen_prefixes == ["a/", "c/"]
+
+
+async def test_reads_do_not_wait_for_the_writer(writer: m.MetadataWriter) -> None:
+    """A read completes while the writer holds an open write transaction, and is query_only."""
+    path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
+    reader = q.MetadataReader(path, max_connections=2)
+    writer.conn.execute("BEGIN IMMEDIATE")
+    writer.conn.execute("UPDATE tenants SET used_bytes = 99")
+    try:
+        with trio.fail_after(5):
+            assert (await reader.run(q.read_tenant, "acme")).used_bytes == 0
+    finally:
+        writer.conn.execute("ROLLBACK")
+    with pytest.raises(sqlite3.OperationalError):
+        await reader.run(lambda conn: conn.execute("DELETE FROM tenants"))
+    with pytest.raises(NotFoundError):
+        await reader.run(q.read_tenant, "nobody")
+    assert (await reader.run(q.read_tenant, "acme")).name == "acme"
+    reader.close()
