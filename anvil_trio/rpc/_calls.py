@@ -1,0 +1,271 @@
+"""Running one gRPC call: routing, limits, the client's deadline, and the status it ends with.
+
+Invariants:
+
+* Every call that reaches :meth:`CallDispatcher.run` ends with exactly one status sent to the
+  client (or, if the client reset the stream, with nothing sent), whatever the handler does.
+* A handler runs inside its call's ``CallControl.cancel_scope`` and, when the client sent
+  ``grpc-timeout``, inside a deadline; hitting the deadline cancels the handler and answers
+  ``DEADLINE_EXCEEDED``.
+* Handler exceptions become statuses only through :func:`status_for_exception`; no status is
+  ever ``CANCELLED`` and no message carries a ``repr()``.
+* ``active`` counts handlers running now; a call arriving while ``active`` is at the limit gets
+  ``RESOURCE_EXHAUSTED`` and a call arriving while draining gets ``UNAVAILABLE``, both without
+  running any handler.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import h2.errors
+import purerpc
+import trio
+from purerpc import Cardinality, Status, StatusCode
+from purerpc.grpc_socket import GRPCStreamState
+from purerpc.wrappers import (
+    call_server_stream_stream,
+    call_server_stream_unary,
+    call_server_unary_stream,
+    call_server_unary_unary,
+)
+
+from ._status import StatusMapper, status_for_exception
+from ._wire import CallControl, EdgeSocket, EdgeStream
+
+__all__ = ["CallContext", "CallDispatcher"]
+
+log = logging.getLogger("anvil_trio.rpc")
+
+_RUNNERS = {
+    Cardinality.UNARY_UNARY: call_server_unary_unary,
+    Cardinality.UNARY_STREAM: call_server_unary_stream,
+    Cardinality.STREAM_UNARY: call_server_stream_unary,
+    Cardinality.STREAM_STREAM: call_server_stream_stream,
+}
+
+#: Seconds the edge may spend sending a call's final status, even while being cancelled.
+FINISH_TIMEOUT = 2.0
+
+
+@attrs.define(eq=False)
+class CallContext:
+    """What a handler receives as its ``request`` parameter.
+
+    It keeps the attribute names of purerpc's ``RequestReceived`` that handlers use
+    (``custom_metadata``, ``timeout``, ``service_name``, ``method_name``, ``authority``,
+    ``user_agent``) and adds the deadline, the peer and response metadata.
+
+    Attributes:
+        service_name: e.g. ``anvil.v1.ObjectService``.
+        method_name: e.g. ``PutObject``.
+        custom_metadata: ``(name, value)`` pairs the client sent (``-bin`` values are bytes).
+        timeout: the client's ``grpc-timeout``, or ``None``.
+        deadline: the trio-clock time the call is cancelled at (``inf`` without a timeout).
+        authority: the ``:authority`` header.
+        user_agent: the ``user-agent`` header.
+        peer: the client's address as ``getpeername()`` gives it.
+        peer_certificate: the verified TLS client certificate (``SSLSocket.getpeercert()``
+            form), or ``None``.
+        call_id: a random id for log lines about this call.
+        initial_metadata: pairs to send in the response headers (before the first message).
+        trailing_metadata: pairs to send with the final status.
+    """
+
+    service_name: str
+    method_name: str
+    custom_metadata: tuple[tuple[str, Any], ...] = ()
+    timeout: datetime.timedelta | None = None
+    deadline: float = math.inf
+    authority: str | None = None
+    user_agent: str | None = None
+    peer: Any = None
+    peer_certificate: dict | None = None
+    call_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:16])
+    initial_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
+    trailing_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
+
+    @property
+    def method(self) -> str:
+        """The gRPC path, ``/service/method``."""
+        return f"/{self.service_name}/{self.method_name}"
+
+    def metadata(self, name: str, default: Any = None) -> Any:
+        """The first value the client sent under ``name`` (case-insensitive), or ``default``."""
+        name = name.lower()
+        for key, value in self.custom_metadata:
+            if key.lower() == name:
+                return value
+        return default
+
+    def metadata_all(self, name: str) -> list[Any]:
+        """Every value the client sent under ``name`` (case-insensitive), in order."""
+        name = name.lower()
+        return [value for key, value in self.custom_metadata if key.lower() == name]
+
+
+def _as_service(item: purerpc.Service | purerpc.Servicer) -> purerpc.Service:
+    return item.service if isinstance(item, purerpc.Servicer) else item
+
+
+@attrs.define(eq=False)
+class CallDispatcher:
+    """Routes each call to its handler and enforces limits, deadline and error mapping.
+
+    Args:
+        services: purerpc services (or servicers) by full service name.
+        max_concurrent_calls: handlers allowed to run at once; more get RESOURCE_EXHAUSTED.
+        mapper: exception -> status for known errors (see ``_status``).
+        dev_mode: INTERNAL messages carry the exception and traceback.
+    """
+
+    services: Mapping[str, purerpc.Service] = attrs.field(
+        converter=lambda items: {s.name: s for s in map(_as_service, items)}
+    )
+    max_concurrent_calls: int = 1000
+    mapper: StatusMapper = attrs.field(kw_only=True)
+    dev_mode: bool = attrs.field(default=False, kw_only=True)
+    draining: bool = attrs.field(default=False, init=False)
+    active: int = attrs.field(default=0, init=False)
+    served: int = attrs.field(default=0, init=False)
+    refused: int = attrs.field(default=0, init=False)
+    _live: set[CallControl] = attrs.field(factory=set, init=False)
+    _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no handler is running."""
+        while self.active:
+            await self._idle.wait()
+
+    def abort_all(self, status: Status) -> int:
+        """Cancel every running handler; each answers ``status``. Returns how many."""
+        live = list(self._live)
+        for control in live:
+            control.abort(status)
+        return len(live)
+
+    async def run(
+        self,
+        socket: EdgeSocket,
+        stream: EdgeStream,
+        *,
+        peer: Any = None,
+        peer_certificate: dict | None = None,
+    ) -> None:
+        """Serve the call on ``stream`` from its headers to its final status.
+
+        Never raises (except ``trio.Cancelled`` when the connection is torn down); every
+        handler error is turned into a status and sent.
+        """
+        control = socket.connection.calls.get(stream.stream_id) or CallControl(stream.stream_id)
+        status: Status | None = None
+        try:
+            event = await stream.receive_event()
+            context = CallContext(
+                service_name=event.service_name,
+                method_name=event.method_name,
+                custom_metadata=tuple(event.custom_metadata),
+                timeout=event.timeout,
+                deadline=(
+                    trio.current_time() + event.timeout.total_seconds()
+                    if event.timeout is not None
+                    else math.inf
+                ),
+                authority=event.authority,
+                user_agent=event.user_agent,
+                peer=peer,
+                peer_certificate=peer_certificate,
+            )
+            stream.context = context
+            bound, status = self._route(context)
+            if bound is not None:
+                status = await self._invoke(bound, stream, control, context)
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + FINISH_TIMEOUT
+                await self._finish(socket, stream, control, status)
+
+    def _route(self, context: CallContext):
+        if self.draining:
+            self.refused += 1
+            return None, Status(StatusCode.UNAVAILABLE, "server is draining; retry elsewhere")
+        service = self.services.get(context.service_name)
+        if service is None:
+            return None, Status(
+                StatusCode.UNIMPLEMENTED, f"service {context.service_name} is not implemented"
+            )
+        bound = service.methods.get(context.method_name)
+        if bound is None:
+            return None, Status(StatusCode.UNIMPLEMENTED, f"method {context.method} is not implemented")
+        if self.active >= self.max_concurrent_calls:
+            self.refused += 1
+            return None, Status(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent calls (limit {self.max_concurrent_calls}); retry later",
+            )
+        return bound, None
+
+    async def _invoke(self, bound, stream: EdgeStream, control: CallControl, context: CallContext):
+        self.active += 1
+        self.served += 1
+        if self.active == 1:
+            self._idle = trio.Event()
+        self._live.add(control)
+        try:
+            handler = functools.partial(bound.method_fn, request=context)
+            stream.expect_message_type(bound.signature.request_type)
+            runner = _RUNNERS[bound.signature.cardinality]
+            try:
+                with control.cancel_scope:
+                    with trio.move_on_at(context.deadline):
+                        await runner(handler, stream)
+                        return None
+                    return Status(
+                        StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline exceeded (grpc-timeout {context.timeout})",
+                    )
+                return control.abort_status
+            except Exception as exc:
+                return status_for_exception(
+                    exc, mapper=self.mapper, dev_mode=self.dev_mode, where=context.method
+                )
+        finally:
+            self._live.discard(control)
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def _finish(
+        self, socket: EdgeSocket, stream: EdgeStream, control: CallControl, status: Status | None
+    ) -> None:
+        connection = socket.connection
+        sid = stream.stream_id
+        connection.ack_unread(stream)
+        if not control.peer_reset and not stream.locally_closed:
+            if stream.sending_partial:
+                # Half a message is out; trailers now would corrupt it. Reset instead.
+                connection.reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
+            else:
+                if status is None:
+                    status = Status(StatusCode.INTERNAL, "call ended without a status")
+                try:
+                    await stream.close(status)
+                except Exception as exc:  # the stream died under us (peer reset, h2 state)
+                    log.debug("could not send status on stream %d: %s", sid, exc)
+                    connection.reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
+        retire = stream.state != GRPCStreamState.CLOSED
+        if retire and not control.peer_reset:
+            # We answered before the client finished sending: stop its upload.
+            connection.reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
+        connection.forget(sid, retire=retire)
+        await socket.flush()
