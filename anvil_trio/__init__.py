@@ -49,3 +49,14 @@ from .actors import (
     SupervisorState,
     SupervisorStats,
 )
+
+# --- server (layer 6) ---
+from ._config import Config, ConfigError
+from ._server import Server, ServerError, StorageFailedError, serve
+
+# --- admin (CLI helper; the `anvil-trio` command is anvil_trio._cli:main) ---
+from ._admin import Admin, AppCredentials, run_admin
+
+# --- client (layer 6; everything else is in anvil_trio.client) ---
+from ._client import AnvilClient
+from ._client_types import AnvilError

@@ -61,6 +61,8 @@ class Config:
         token_leeway: seconds of clock skew tolerated on exp/nbf/iat.
         jwt_issuer: the ``iss`` claim of issued tokens.
         jwt_key: an HS256 signing key; None generates one into ``data_dir`` (mode 0600).
+        key_poll_interval: seconds between checks of the key file in ``data_dir`` for keys the
+            admin CLI rotated (unused when ``jwt_key`` is set).
         dev_mode: put exception details in INTERNAL errors (never in production).
     """
 
@@ -83,6 +85,7 @@ class Config:
     token_leeway: float = attrs.field(default=30.0, validator=_non_negative)
     jwt_issuer: str = "anvil-trio"
     jwt_key: str | None = None
+    key_poll_interval: float = attrs.field(default=5.0, validator=_positive)
     dev_mode: bool = False
 
     def __attrs_post_init__(self) -> None:

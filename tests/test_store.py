@@ -604,3 +604,21 @@ async def test_crash_loop_escalates(tmp_path: Path) -> None:
                 except StorageUnavailableError:
                     await trio.sleep(0.05)
             raise AssertionError("the supervisor never escalated")
+
+
+async def test_second_storage_on_same_data_dir_is_refused(tmp_path) -> None:
+    """A second run_storage on a data dir in use fails at once with DataDirInUseError, and the
+    first keeps serving; once the first stops, the dir can be opened again."""
+    from anvil_trio.storage import DataDirInUseError, run_storage
+
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(run_storage, tmp_path / "d")
+        await first.create_tenant("t")
+        with pytest.raises(DataDirInUseError):
+            await run_storage(tmp_path / "d")
+        assert (await first.get_tenant("t")).name == "t"
+        await first.stop()
+    async with trio.open_nursery() as nursery:
+        again = await nursery.start(run_storage, tmp_path / "d")
+        assert (await again.get_tenant("t")).name == "t"
+        await again.stop()

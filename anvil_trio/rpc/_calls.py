@@ -225,15 +225,17 @@ class CallDispatcher:
             handler = functools.partial(bound.method_fn, request=context)
             stream.expect_message_type(bound.signature.request_type)
             runner = _RUNNERS[bound.signature.cardinality]
+            expired = Status(
+                StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded (grpc-timeout {context.timeout})"
+            )
+            if trio.current_time() >= context.deadline:
+                return expired  # already past it: do not start work nobody waits for
             try:
                 with control.cancel_scope:
                     with trio.move_on_at(context.deadline):
                         await runner(handler, stream)
                         return None
-                    return Status(
-                        StatusCode.DEADLINE_EXCEEDED,
-                        f"deadline exceeded (grpc-timeout {context.timeout})",
-                    )
+                    return expired
                 return control.abort_status
             except Exception as exc:
                 return status_for_exception(

@@ -28,6 +28,12 @@ from google.protobuf.message import DecodeError
 from purerpc import Status, StatusCode
 from purerpc.grpclib.exceptions import ProtocolError, RpcFailedError
 
+from ..auth._errors import (
+    InvalidResourceError,
+    InvalidScopeError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from ..storage._errors import (
     AlreadyExistsError,
     ChecksumMismatchError,
@@ -115,10 +121,14 @@ class StatusTable:
     __call__ = lookup
 
 
-#: The table of the whole server: storage errors (see ``anvil_trio.storage._errors``) and the
-#: wire-level errors the edge itself meets. Auth errors join here when that layer lands.
+#: The table of the whole server: auth errors (see ``anvil_trio.auth._errors``), storage errors
+#: (see ``anvil_trio.storage._errors``) and the wire-level errors the edge itself meets.
 DEFAULT_STATUS_TABLE = StatusTable(
     {
+        UnauthenticatedError: StatusCode.UNAUTHENTICATED,
+        PermissionDeniedError: StatusCode.PERMISSION_DENIED,
+        InvalidScopeError: StatusCode.INVALID_ARGUMENT,
+        InvalidResourceError: StatusCode.INVALID_ARGUMENT,
         NotFoundError: StatusCode.NOT_FOUND,
         AlreadyExistsError: StatusCode.ALREADY_EXISTS,
         FailedPreconditionError: StatusCode.FAILED_PRECONDITION,

@@ -8,6 +8,9 @@ Invariants of the layer:
   referenced by ``blobs.refcount`` rows and is reclaimed by the reaper once unreferenced.
 * An object or blob becomes visible only in the one metadata transaction that records it,
   after its bytes are durable; a failure before that leaves nothing visible.
+* A reaper (a supervised actor on a ``Schedule``) removes stale temp files, expired and
+  orphan uploads and unreferenced blob files, always deleting blobs through the metadata actor;
+  its start-up pass runs before storage reports ready.
 * Everything is tenant-scoped: another tenant's buckets, objects and blobs do not exist.
 
 Errors raised here all derive from :class:`StorageError`; the RPC layer maps them to status
@@ -18,6 +21,7 @@ from ._blobs import BlobPin, BlobReader, BlobStore, WrittenBlob
 from ._errors import (
     AlreadyExistsError,
     ChecksumMismatchError,
+    DataDirInUseError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -30,6 +34,7 @@ from ._errors import (
     StorageUnavailableError,
 )
 from ._faults import FaultInjector
+from ._lock import DataDirLock
 from ._metadata import MIGRATIONS, MetadataActor, MetadataWriter, migrate
 from ._queries import (
     AppInfo,
@@ -40,6 +45,7 @@ from ._queries import (
     TenantInfo,
     UploadInfo,
 )
+from ._reaper import ReaperActor, ReapReport
 from ._store import (
     CompletedUpload,
     DeleteResult,
@@ -69,6 +75,8 @@ __all__ = [
     "BlobStore",
     "BucketInfo",
     "ChecksumMismatchError",
+    "DataDirInUseError",
+    "DataDirLock",
     "CompletedUpload",
     "DeleteResult",
     "FailedPreconditionError",
@@ -86,6 +94,8 @@ __all__ = [
     "PageTokenCodec",
     "PutResult",
     "QuotaExceededError",
+    "ReapReport",
+    "ReaperActor",
     "Storage",
     "StorageConfig",
     "StorageError",

@@ -105,3 +105,8 @@ class StorageUnavailableError(StorageError):
     """A storage actor is down or restarting, or storage is stopping; retry after a moment."""
 
     retryable = True
+
+
+class DataDirInUseError(StorageError):
+    """Another storage process (a second server) already runs on this data dir; two byte-writing
+    processes would reap each other's in-flight files, so the second one refuses to start."""

@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._schedule import Schedule
 from ..actors import (
     ActorRef,
     ActorStoppedError,
@@ -57,6 +58,7 @@ from ._errors import (
     StorageUnavailableError,
 )
 from ._faults import FaultInjector
+from ._lock import DataDirLock
 from ._queries import (
     AppInfo,
     BlobInfo,
@@ -72,6 +74,8 @@ from ._queries import (
     UploadInfo,
     UploadState,
 )
+from ._reaper import REAPER_CHILD, ReaperActor, ReaperState, ReapNow, ReapReport
+from ._reaper import supervise_with_reaper
 
 __all__ = [
     "CompletedUpload",
@@ -102,6 +106,9 @@ class StorageConfig:
         ask_timeout: seconds to wait for the metadata actor before StorageUnavailableError.
         restart_intensity, restart_period: the supervisor escalates past ``restart_intensity``
             restarts within ``restart_period`` seconds.
+        reaper_interval: seconds between the end of one reaper pass and the next.
+        temp_max_age: seconds after which a periodic pass treats a temp file as stale (the
+            start-up pass treats them all as stale; see ``_reaper``).
     """
 
     data_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
@@ -112,6 +119,8 @@ class StorageConfig:
     ask_timeout: float = 30.0
     restart_intensity: int = 3
     restart_period: float = 5.0
+    reaper_interval: float = 60.0
+    temp_max_age: float = 3600.0
 
 
 class _QuotaGuard:
@@ -154,6 +163,7 @@ class Storage:
         self._tokens = v.PageTokenCodec(token_secret)
         self._clock = clock
         self._supervisor = supervisor
+        self._finished = trio.Event()
 
     # -- plumbing
 
@@ -178,8 +188,10 @@ class Storage:
         return self._supervisor.statistics()
 
     async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop the storage supervisor in order; :func:`run_storage` then returns."""
+        """Stop the storage supervisor in order and wait until :func:`run_storage` has released
+        the data dir (so another ``run_storage`` may open it at once)."""
         await self._supervisor.stop(grace=grace)
+        await self._finished.wait()
 
     # -- tenants, apps, grants (used by the auth layer and the admin CLI)
 
@@ -637,14 +649,30 @@ class Storage:
         """Delete ``digest``'s file if it is unreferenced and unpinned; returns whether deleted."""
         return await self._write(m.ReclaimBlob(v.validate_digest(digest)))
 
+    async def reap_now(self) -> ReapReport:
+        """Run one reaper pass now (after any pass in progress) and wait for it; no timeout.
+
+        Raises:
+            StorageUnavailableError: the reaper or the metadata actor is down or stopped.
+            StorageError: a scan or delete failed (the rest waits for the next pass).
+        """
+        try:
+            return await self._supervisor.ref(REAPER_CHILD).ask(ReapNow(), timeout=None)
+        except (ActorUnavailableError, ActorStoppedError) as exc:
+            raise StorageUnavailableError("the reaper is unavailable; retry shortly") from exc
+
 
 async def run_storage(
     config: StorageConfig | pathlib.Path | str, *,
     clock: Callable[[], float] = time.time,
     fault_injector: FaultInjector | None = None,
+    reaper_schedule: Schedule | None = None,
     task_status: trio.TaskStatus[Storage] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the storage supervisor (with the metadata actor) until stopped or cancelled.
+    """Run the storage supervisor (metadata actor, then reaper) until stopped or cancelled.
+
+    Storage is reported ready only after the reaper's start-up pass removed what an earlier
+    crash left (temp files, unreferenced blob files, expired and orphan uploads).
 
     Use as ``storage = await nursery.start(run_storage, config)``.
 
@@ -652,22 +680,37 @@ async def run_storage(
         config: a :class:`StorageConfig`, or just the data dir (defaults for the rest).
         clock: wall-clock seconds for timestamps and upload expiry.
         fault_injector: passed to the :class:`BlobStore` (tests).
+        reaper_schedule: when periodic reaper passes run (default
+            ``Schedule.spaced(config.reaper_interval)``).
 
     Raises:
         StorageError: the database cannot be used (e.g. written by a newer version); raised
             before ``task_status.started``, after migrating nothing.
-        SupervisorEscalationError: the metadata actor kept crashing (its last crash is the
-            ``__cause__``).
+        DataDirInUseError: another storage process holds the data dir (see ``_lock``).
+        SupervisorEscalationError: the metadata actor or the reaper kept crashing (the last
+            crash is the ``__cause__``), also when the start-up pass keeps failing.
     """
     if not isinstance(config, StorageConfig):
         config = StorageConfig(data_dir=config)
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
+    with DataDirLock(data_dir):
+        await _run_locked(config, db_path, clock, fault_injector, reaper_schedule, task_status)
+
+
+async def _run_locked(
+    config: StorageConfig, db_path: pathlib.Path, clock: Callable[[], float],
+    fault_injector: FaultInjector | None, reaper_schedule: Schedule | None,
+    task_status: trio.TaskStatus[Storage],
+) -> None:
+    data_dir = config.data_dir
     # Migrate once, here: a fatal schema problem is raised, not retried by the supervisor.
     secret = await trio.to_thread.run_sync(_prepare, data_dir, db_path)
     blobs = BlobStore(data_dir, fsync=config.fsync, fault_injector=fault_injector)
+    reaper_state = ReaperState(temp_max_age=config.temp_max_age)
     supervisor = Supervisor(
-        [ChildSpec("metadata", lambda: m.MetadataActor(db_path, blobs))],
+        [ChildSpec("metadata", lambda: m.MetadataActor(db_path, blobs)),
+         ChildSpec(REAPER_CHILD, lambda: ReaperActor(storage, reaper_state), mailbox_size=4)],
         intensity=config.restart_intensity, period=config.restart_period, name="storage",
     )
     reader = MetadataReader(db_path, max_connections=config.read_connections)
@@ -676,9 +719,13 @@ async def run_storage(
         token_secret=secret, clock=clock, supervisor=supervisor,
     )
     try:
-        await supervisor.run(task_status=_StartedWith(task_status, storage))
+        schedule = reaper_schedule or Schedule.spaced(config.reaper_interval)
+        await supervise_with_reaper(
+            supervisor, schedule, task_status=_StartedWith(task_status, storage)
+        )
     finally:
         reader.close()
+        storage._finished.set()
 
 
 def _prepare(data_dir: pathlib.Path, db_path: pathlib.Path) -> bytes:

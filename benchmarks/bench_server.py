@@ -1,0 +1,406 @@
+"""End-to-end throughput of ``anvil-trio serve`` against bare purerpc servers, in one run.
+
+Every figure is measured from this process with the official grpcio client (sync, one thread
+and one channel per concurrent caller), against servers running as separate processes:
+
+* ``anvil``: ``anvil-trio serve`` on a fresh data dir (real SQLite, fsynced files, JWT auth).
+* ``echo``: ``benchmarks/echo_server.py`` (bare ``purerpc.Server``, no storage, no auth):
+  ``grpc.health.v1.Health/Check`` is the unary baseline for HeadObject.
+* ``bare``: the same bare ``purerpc.Server``, serving ``anvil.v1.ObjectService`` from memory
+  (this file's ``--bare-server`` mode: PutObject reads and drops the chunks, GetObject streams
+  1 MiB chunks of one buffer, HeadObject answers a fixed info). ``echo_server.py``'s Health
+  messages cannot carry bulk bytes, so this is the byte-stream baseline "measured the same
+  way": same messages, same client code, minus storage and auth.
+* ``disk``: a plain loop of 1 MiB ``write`` calls plus one ``fsync``, in this process, in the
+  anvil data dir's file system.
+
+Workloads: PutObject and GetObject of 64 MiB objects (1 MiB chunks) by 1 and 16 concurrent
+callers (every object has unique content), HeadObject calls/s by 1 and 16 callers for a fixed
+time, and the anvil server's RSS (``/proc/PID/status`` VmRSS, sampled every 20 ms, and VmHWM)
+while one 1 GiB object goes up and comes back down.
+
+Targets (ratio columns): put >= 0.9 x min(bare upload, disk); get >= 0.9 x bare download;
+head >= 0.7 x echo unary at 16 callers; RSS growth < 64 MiB.
+
+Usage: python benchmarks/bench_server.py [--seconds 3] [--rss-mib 1024] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from anvil_trio._proto.anvil.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    bucket_pb2,
+    bucket_pb2_grpc,
+    object_pb2,
+    object_pb2_grpc,
+)
+from anvil_trio._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+MiB = 1 << 20
+OBJECT_MIB = 64
+_BLOCK = os.urandom(MiB)
+_HERE = Path(__file__).resolve().parent
+_CLI = [sys.executable, "-c", "import sys; from anvil_trio._cli import main; sys.exit(main())"]
+_PORT_LINE = re.compile(r"(?:port |:)(\d+)")
+
+
+# ---------------------------------------------------------------------- the bare server
+
+
+def run_bare_server() -> None:
+    """Serve ObjectService from memory with a bare purerpc.Server; print the port."""
+    import purerpc
+    import trio
+
+    from anvil_trio._proto.anvil.v1 import object_grpc
+
+    info = object_pb2.ObjectInfo(bucket_name="bare", object_key="k", version_id="v",
+                                 size=OBJECT_MIB * MiB, etag="0" * 64)
+
+    class BareObjects(object_grpc.ObjectServiceServicer):
+        async def PutObject(self, messages):  # noqa: N802 - gRPC method name
+            size = 0
+            async for message in messages:
+                size += len(message.chunk)
+            return object_pb2.PutObjectResponse(etag="0" * 64, version_id="v", size=size)
+
+        async def GetObject(self, message):  # noqa: N802 - gRPC method name
+            yield object_pb2.GetObjectResponse(info=info)
+            for _ in range(OBJECT_MIB):
+                yield object_pb2.GetObjectResponse(chunk=_BLOCK)
+
+        async def HeadObject(self, message):  # noqa: N802 - gRPC method name
+            return object_pb2.HeadObjectResponse(info=info)
+
+    async def main() -> None:
+        server = purerpc.Server(port=0)
+        server.add_service(BareObjects().service)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve_async)
+            print(f"bare object server on port {port}", flush=True)
+
+    trio.run(main)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A server subprocess whose first stdout line names its port."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self._log = open(log, "wb")
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(60)
+        match = _PORT_LINE.search(line[0]) if line else None
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"{argv[1:3]} did not report a port: {line!r}")
+        self.port = int(match.group(1))
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(20)
+        self._log.close()
+
+
+def admin(data_dir: Path, *args: str) -> str:
+    done = subprocess.run([*_CLI, "admin", "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def start_anvil(data_dir: Path) -> tuple[Proc, tuple]:
+    admin(data_dir, "tenant", "create", "bench")
+    creds = json.loads(admin(data_dir, "app", "create", "--tenant", "bench", "--name", "b", "--json"))
+    admin(data_dir, "policy", "grant", "--app", creds["client_id"], "*:*")
+    proc = Proc([*_CLI, "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+                 "--log-level", "warning"], data_dir.parent / "anvil.log")
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        token = auth_pb2_grpc.AuthServiceStub(channel).GetAccessToken(
+            auth_pb2.GetAccessTokenRequest(client_id=creds["client_id"],
+                                           client_secret=creds["client_secret"]),
+            timeout=60).access_token
+        metadata = (("authorization", f"Bearer {token}"),)
+        bucket_pb2_grpc.BucketServiceStub(channel).CreateBucket(
+            bucket_pb2.CreateBucketRequest(bucket_name="bench"), metadata=metadata, timeout=60)
+    return proc, metadata
+
+
+# ---------------------------------------------------------------------- workloads
+
+
+def unique_chunks(tag: int, mib: int):
+    """``mib`` chunks of 1 MiB, unique to ``tag`` (no two objects share content)."""
+    for index in range(mib):
+        yield tag.to_bytes(8, "big") + index.to_bytes(8, "big") + _BLOCK[16:]
+
+
+def put_requests(key: str, tag: int, mib: int):
+    yield object_pb2.PutObjectRequest(metadata=object_pb2.ObjectMetadata(
+        bucket_name="bench", object_key=key, content_length=mib * MiB))
+    for chunk in unique_chunks(tag, mib):
+        yield object_pb2.PutObjectRequest(chunk=chunk)
+
+
+def in_parallel(callers: int, work) -> float:
+    """Run ``work(i)`` for i in range(callers), each in its own thread; wall-clock seconds."""
+    barrier = threading.Barrier(callers + 1)
+
+    def run(index: int):
+        barrier.wait()
+        return work(index)
+
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        futures = [pool.submit(run, i) for i in range(callers)]
+        barrier.wait()
+        start = time.perf_counter()
+        for future in futures:
+            future.result()
+        return time.perf_counter() - start
+
+
+_tags = iter(range(1, 1 << 30))
+
+
+def bench_put(port: int, metadata, callers: int, rounds: int = 1) -> float:
+    """MiB/s of PutObject of 64 MiB objects by ``callers`` concurrent callers."""
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+    tags = [[next(_tags) for _ in range(rounds)] for _ in range(callers)]
+
+    def work(index: int) -> None:
+        stub = object_pb2_grpc.ObjectServiceStub(channels[index])
+        for tag in tags[index]:
+            reply = stub.PutObject(put_requests(f"obj-{index}", tag, OBJECT_MIB),
+                                   metadata=metadata, timeout=600)
+            assert reply.size == OBJECT_MIB * MiB
+
+    try:
+        seconds = in_parallel(callers, work)
+    finally:
+        for channel in channels:
+            channel.close()
+    return callers * rounds * OBJECT_MIB / seconds
+
+
+def bench_get(port: int, metadata, callers: int, rounds: int = 1) -> float:
+    """MiB/s of GetObject of the 64 MiB objects ``obj-i`` by ``callers`` concurrent callers."""
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+
+    def work(index: int) -> None:
+        stub = object_pb2_grpc.ObjectServiceStub(channels[index])
+        for _ in range(rounds):
+            size = 0
+            for reply in stub.GetObject(object_pb2.GetObjectRequest(
+                    bucket_name="bench", object_key=f"obj-{index}"), metadata=metadata,
+                    timeout=600):
+                size += len(reply.chunk)
+            assert size == OBJECT_MIB * MiB, size
+
+    try:
+        seconds = in_parallel(callers, work)
+    finally:
+        for channel in channels:
+            channel.close()
+    return callers * rounds * OBJECT_MIB / seconds
+
+
+def bench_unary(port: int, call_factory, callers: int, seconds: float) -> float:
+    """Calls/s of a unary call made back to back by ``callers`` callers for ``seconds``."""
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+    counts = [0] * callers
+    for channel in channels:  # warm the connections
+        call_factory(channel)()
+
+    def work(index: int) -> None:
+        call = call_factory(channels[index])
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            call()
+            counts[index] += 1
+
+    try:
+        elapsed = in_parallel(callers, work)
+    finally:
+        for channel in channels:
+            channel.close()
+    return sum(counts) / elapsed
+
+
+def head_call(metadata):
+    def factory(channel):
+        stub = object_pb2_grpc.ObjectServiceStub(channel)
+        request = object_pb2.HeadObjectRequest(bucket_name="bench", object_key="obj-0")
+        return lambda: stub.HeadObject(request, metadata=metadata, timeout=60)
+
+    return factory
+
+
+def check_call(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest()
+    return lambda: stub.Check(request, timeout=60)
+
+
+def bench_disk(directory: Path, mib: int) -> float:
+    """MiB/s of 1 MiB writes plus one fsync (fresh content)."""
+    path = directory / "raw-disk.bin"
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as handle:
+        for chunk in unique_chunks(next(_tags), mib):
+            handle.write(chunk)
+        os.fsync(handle.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return mib / seconds
+
+
+def rss_during(pid: int, port: int, metadata, mib: int) -> dict[str, float]:
+    """Server VmRSS before, peak VmRSS while ``mib`` MiB go up and come down, and VmHWM."""
+
+    def read() -> dict[str, int]:
+        fields = {}
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+        return fields
+
+    before = read()
+    peak = [before["VmRSS"]]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak.append(read()["VmRSS"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = object_pb2_grpc.ObjectServiceStub(channel)
+            tag = next(_tags)
+            start = time.perf_counter()
+            stub.PutObject(put_requests("big", tag, mib), metadata=metadata, timeout=1800)
+            up = time.perf_counter() - start
+            size, start = 0, time.perf_counter()
+            for reply in stub.GetObject(object_pb2.GetObjectRequest(
+                    bucket_name="bench", object_key="big"), metadata=metadata, timeout=1800):
+                size += len(reply.chunk)
+            down = time.perf_counter() - start
+            assert size == mib * MiB
+            stub.DeleteObject(object_pb2.DeleteObjectRequest(bucket_name="bench", object_key="big"),
+                              metadata=metadata, timeout=60)
+    finally:
+        stop.set()
+        sampler.join()
+    after = read()
+    return {
+        "rss_before": before["VmRSS"] / MiB,
+        "rss_peak": max(peak) / MiB,
+        "hwm_after": after["VmHWM"] / MiB,
+        "growth": (max(peak) - before["VmRSS"]) / MiB,
+        "up_mibs": mib / up,
+        "down_mibs": mib / down,
+    }
+
+
+# ---------------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each head run")
+    parser.add_argument("--rss-mib", type=int, default=1024, help="size of the RSS object")
+    parser.add_argument("--dir", type=Path, default=None, help="where the data dir goes")
+    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        run_bare_server()
+        return 0
+
+    root = Path(tempfile.mkdtemp(prefix="bench-server-", dir=args.dir))
+    anvil = echo = bare = None
+    try:
+        anvil, metadata = start_anvil(root / "data")
+        echo = Proc([sys.executable, str(_HERE / "echo_server.py"), "--port", "0"], root / "echo.log")
+        bare = Proc([sys.executable, __file__, "--bare-server"], root / "bare.log")
+        print(f"servers: anvil :{anvil.port} (pid {anvil.pid}), echo :{echo.port}, "
+              f"bare :{bare.port}; data in {root}", flush=True)
+
+        rows = []
+        disk = statistics.median(bench_disk(root, OBJECT_MIB * 4) for _ in range(3))
+        for callers in (1, 16):
+            rounds = 2 if callers == 1 else 1
+            put = bench_put(anvil.port, metadata, callers, rounds)
+            bare_put = bench_put(bare.port, (), callers, rounds)
+            get = bench_get(anvil.port, metadata, callers, rounds)
+            bare_get = bench_get(bare.port, (), callers, rounds)
+            head = bench_unary(anvil.port, head_call(metadata), callers, args.seconds)
+            bare_head = bench_unary(bare.port, head_call(()), callers, args.seconds)
+            echo_unary = bench_unary(echo.port, check_call, callers, args.seconds)
+            rows.append((callers, put, bare_put, get, bare_get, head, bare_head, echo_unary))
+            print(f"  {callers} caller(s) done", flush=True)
+        rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib)
+    finally:
+        for proc in (anvil, echo, bare):
+            if proc is not None:
+                proc.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    print()
+    print(f"raw disk write+fsync ({OBJECT_MIB * 4} MiB, 1 MiB writes, median of 3): {disk:8.1f} MiB/s")
+    print()
+    header = (f"{'callers':>7} | {'put MiB/s':>9} {'bare up':>8} {'ratio':>6} {'tgt':>5} | "
+              f"{'get MiB/s':>9} {'bare dn':>8} {'ratio':>6} {'tgt':>5} | "
+              f"{'head/s':>7} {'bare hd':>8} {'echo/s':>7} {'ratio':>6} {'tgt':>5}")
+    print(header)
+    print("-" * len(header))
+    for callers, put, bare_put, get, bare_get, head, bare_head, echo_unary in rows:
+        put_ratio = put / min(bare_put, disk)
+        get_ratio = get / bare_get
+        head_ratio = head / echo_unary
+        print(f"{callers:>7} | {put:9.1f} {bare_put:8.1f} {put_ratio:6.2f} {'>=0.9':>5} | "
+              f"{get:9.1f} {bare_get:8.1f} {get_ratio:6.2f} {'>=0.9':>5} | "
+              f"{head:7.0f} {bare_head:8.0f} {echo_unary:7.0f} {head_ratio:6.2f} "
+              f"{'>=0.7' if callers == 16 else '':>5}")
+    print("(put ratio = put / min(bare upload, disk); get ratio = get / bare download; "
+          "head ratio = head / echo unary)")
+    print()
+    print(f"RSS while {args.rss_mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
+          f"({rss['down_mibs']:.1f} MiB/s): before {rss['rss_before']:.1f} MiB, peak "
+          f"{rss['rss_peak']:.1f} MiB, VmHWM {rss['hwm_after']:.1f} MiB; growth "
+          f"{rss['growth']:.1f} MiB (target < 64 MiB: {'met' if rss['growth'] < 64 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
