@@ -53,6 +53,9 @@ class Config:
         max_message_bytes: largest request message accepted (at least 4 MiB).
         max_concurrent_calls: calls served at once; more get RESOURCE_EXHAUSTED.
         max_upload_sessions: concurrent Upload streams; more get RESOURCE_EXHAUSTED.
+        upload_idle_timeout: seconds an Upload stream may wait for its next message; past it
+            the call ends with DEADLINE_EXCEEDED and frees its upload slot (what was received
+            is kept durably and the upload stays resumable).
         grace_period: seconds in-flight calls get to finish when the server drains.
         max_object_bytes: largest object or blob; None means no limit.
         upload_expiry: seconds an unfinished upload stays resumable after its last activity.
@@ -77,6 +80,7 @@ class Config:
     max_message_bytes: int = attrs.field(default=4 * MiB, validator=attrs.validators.ge(4 * MiB))
     max_concurrent_calls: int = attrs.field(default=256, validator=attrs.validators.ge(1))
     max_upload_sessions: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    upload_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
     grace_period: float = attrs.field(default=10.0, validator=_non_negative)
     max_object_bytes: int | None = None
     upload_expiry: float = attrs.field(default=24 * 3600.0, validator=_positive)

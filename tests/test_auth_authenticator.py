@@ -221,6 +221,49 @@ async def test_key_rotation_is_picked_up() -> None:
     assert auth.verify(f"Bearer {new.access_token}", now=T0 + 2).client_id == cid
 
 
+async def test_cached_token_expires_on_the_injected_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A token verified (and cached) early is still rejected once the clock passes its expiry."""
+    apps = MemoryApps()
+    cid, secret = apps.add("acme", ["*:*"])
+    auth = make(apps, clock=lambda: T0 + trio.current_time())
+    header = f"Bearer {(await auth.issue_token(cid, secret, [])).access_token}"
+    for _ in range(3):
+        assert auth.verify(header).tenant == "acme"
+        await trio.sleep(300)
+    assert auth.verify(header).tenant == "acme"  # t = 900: inside the 30 s leeway
+    await trio.sleep(30)
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        auth.verify(header)
+
+
+async def test_removing_a_key_invalidates_cached_tokens() -> None:
+    """A token verified (and cached) under a key is rejected once that key leaves the ring."""
+    apps = MemoryApps()
+    cid, secret = apps.add("acme", ["*:*"])
+    auth = make(apps)
+    header = f"Bearer {(await auth.issue_token(cid, secret, [], now=T0)).access_token}"
+    assert auth.verify(header, now=T0 + 1).client_id == cid
+    assert auth.verify(header, now=T0 + 2).client_id == cid
+    auth.update_keyring(auth.keyring.rotated(now=T0 + 3))  # "k1" is kept: still valid
+    assert auth.verify(header, now=T0 + 4).client_id == cid
+    auth.update_keyring(KeyRing.from_secrets([("k2", b"n" * 32)]))  # "k1" is gone
+    with pytest.raises(UnauthenticatedError, match="unknown key"):
+        auth.verify(header, now=T0 + 5)
+
+
+async def test_token_cache_can_be_turned_off() -> None:
+    """token_cache_size=0 verifies every call in full and still accepts valid tokens."""
+    apps = MemoryApps()
+    cid, secret = apps.add("acme", ["*:*"])
+    auth = make(apps, token_cache_size=0)
+    header = f"Bearer {(await auth.issue_token(cid, secret, [], now=T0)).access_token}"
+    assert auth.verify(header, now=T0 + 1).client_id == cid
+    assert auth.verify(header, now=T0 + 2).client_id == cid
+    assert len(auth._codec.cache) == 0
+
+
 async def test_token_from_another_server_key_is_rejected() -> None:
     """A token signed by a server with a different key ring is UNAUTHENTICATED here."""
     apps = MemoryApps()

@@ -11,7 +11,13 @@ from typing import Any
 import jwt
 import pytest
 
-from anvil_trio.auth import Grants, KeyRing, TokenCodec, UnauthenticatedError
+from anvil_trio.auth import (
+    Grants,
+    KeyRing,
+    TokenCodec,
+    UnauthenticatedError,
+    VerifiedTokenCache,
+)
 
 T0 = 1_700_000_000
 RING = KeyRing.from_secrets([("k1", b"1" * 32)])
@@ -262,3 +268,78 @@ def test_codec_knobs_are_validated() -> None:
         codec(lifetime=0)
     with pytest.raises(ValueError):
         codec(leeway=-1)
+    with pytest.raises(ValueError):
+        codec(cache_size=-1)
+
+
+def test_cache_hit_skips_the_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second decode of the same token is answered from the cache with equal claims."""
+    c = codec()
+    token, issued = c.encode(client_id="app_1", tenant="acme", scopes=SCOPES, now=T0)
+    assert c.decode(token, now=T0 + 1) == issued
+    assert len(c.cache) == 1
+
+    def no_full_verify(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a cached token was verified in full again")
+
+    monkeypatch.setattr(c._jwt, "decode", no_full_verify)
+    assert c.decode(token, now=T0 + 2) == issued
+
+
+def test_cache_never_extends_a_tokens_life() -> None:
+    """A cached token is rejected once expired (and dropped), and before its nbf/iat."""
+    c = codec()
+    token, _ = c.encode(client_id="app_1", tenant="acme", scopes=SCOPES, now=T0)
+    assert c.decode(token, now=T0 + 1)
+    assert c.decode(token, now=T0 + 900 + 29)
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        c.decode(token, now=T0 + 900 + 30)
+    assert len(c.cache) == 0
+    assert c.decode(token, now=T0 + 1)
+    with pytest.raises(UnauthenticatedError, match="not valid yet"):
+        c.decode(token, now=T0 - 31)
+    assert len(c.cache) == 0
+
+
+def test_cache_keeps_only_verified_tokens_and_exact_strings() -> None:
+    """Rejected tokens are not cached, and a tampered copy of a cached token is still rejected."""
+    c = codec()
+    token, _ = c.encode(client_id="app_1", tenant="acme", scopes=SCOPES, now=T0)
+    with pytest.raises(UnauthenticatedError):
+        c.decode(token, now=T0 + 5000)
+    assert len(c.cache) == 0
+    assert c.decode(token, now=T0 + 1)
+    head, body, signature = token.split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    with pytest.raises(UnauthenticatedError, match="signature"):
+        c.decode(f"{head}.{body}.{flipped}", now=T0 + 1)
+    assert len(c.cache) == 1
+
+
+def test_cache_is_a_bounded_lru() -> None:
+    """The cache holds at most cache_size tokens, dropping the least recently used first."""
+    c = codec(cache_size=2)
+    tokens = [c.encode(client_id=f"a{i}", tenant="t", scopes=SCOPES, now=T0)[0] for i in range(3)]
+    c.decode(tokens[0], now=T0)
+    c.decode(tokens[1], now=T0)
+    c.decode(tokens[0], now=T0)
+    c.decode(tokens[2], now=T0)
+    assert len(c.cache) == 2
+    assert c.cache.get(tokens[1]) is None
+    assert c.cache.get(tokens[0]) is not None and c.cache.get(tokens[2]) is not None
+    off = codec(cache_size=0)
+    off.decode(tokens[0], now=T0)
+    assert len(off.cache) == 0
+
+
+def test_cache_skips_over_long_tokens() -> None:
+    """Tokens longer than the cache's limit verify but are not stored."""
+    cache = VerifiedTokenCache(max_entries=4, max_token_chars=10)
+    _, claims = codec().encode(client_id="a", tenant="t", scopes=SCOPES, now=T0)
+    cache.put("x" * 11, claims)
+    cache.put("y" * 10, claims)
+    assert len(cache) == 1 and cache.get("y" * 10) == claims
+    cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(ValueError):
+        VerifiedTokenCache(max_entries=-1)

@@ -286,6 +286,44 @@ async def test_deadline_enforced_for_purerpc_client(echo):
         assert servicer.cancelled.is_set()
 
 
+async def test_expired_grpc_timeout_is_deadline_exceeded_without_running_the_handler(echo):
+    """A zero grpc-timeout answers DEADLINE_EXCEEDED without entering the handler (a tiny one
+    answers it too); the connection then serves the next call normally."""
+    pb2 = echo.pb2
+    servicer = make_servicer(echo)
+    entered = []
+    client_stream = servicer.ClientStream
+
+    async def counting_client_stream(pings, request):
+        entered.append(request.timeout)  # before any checkpoint: counts every entry
+        return await client_stream(pings, request)
+
+    servicer.ClientStream = counting_client_stream
+    async with running([servicer]) as server:
+        async with purerpc.insecure_channel("127.0.0.1", server.port) as channel:
+
+            async def client_stream_call(timeout):
+                # purerpc's stubs cannot send grpc-timeout; its socket API can (0 s is "0S").
+                stream = await channel._grpc_socket.start_request(
+                    "http", "edgetest.v1.Echo", "ClientStream", "edgetest.v1.Ping",
+                    f"127.0.0.1:{server.port}", timeout=timeout,
+                )
+                stream.expect_message_type(pb2.Pong)
+                await stream.send_message(pb2.Ping(action="echo", payload=b"x"))
+                await stream.close()
+                with trio.fail_after(10):
+                    return await purerpc_call(extract_message_from_singleton_stream(stream))
+
+            expired = await client_stream_call(datetime.timedelta(0))
+            assert expired.status_code == StatusCode.DEADLINE_EXCEEDED, expired
+            assert entered == []
+            tiny = await client_stream_call(datetime.timedelta(microseconds=1))
+            assert tiny.status_code == StatusCode.DEADLINE_EXCEEDED, tiny
+            served = await client_stream_call(None)
+            assert served.status_code == StatusCode.OK, served
+            assert entered[-1] is None
+
+
 async def test_deadline_for_grpcio_client_cancels_the_handler(echo):
     """With grpcio's timeout the client sees DEADLINE_EXCEEDED and the handler is cancelled."""
     pb2 = echo.pb2

@@ -294,3 +294,102 @@ async def test_reads_do_not_wait_for_the_writer(writer: m.MetadataWriter) -> Non
         await reader.run(q.read_tenant, "nobody")
     assert (await reader.run(q.read_tenant, "acme")).name == "acme"
     reader.close()
+
+
+async def test_point_reads_run_inline_and_see_each_commit(writer: m.MetadataWriter) -> None:
+    """Point reads use the inline connection, see every commit, and keep it on NotFoundError."""
+    path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
+    reader = q.MetadataReader(path, max_connections=2)
+    try:
+        assert (await reader.run(q.read_tenant, "acme")).used_bytes == 0
+        put(writer, b"k", D1, 10)
+        assert (await reader.run(q.read_object, "acme", "bkt", b"k", None)).size == 10
+        assert (await reader.run(q.read_tenant, "acme")).used_bytes == 10
+        with pytest.raises(NotFoundError):
+            await reader.run(q.read_object, "acme", "bkt", b"missing", None)
+        assert (await reader.run(q.read_bucket, "acme", "bkt")).versioning
+        assert (reader.inline_reads, reader.pooled_reads) == (4, 0)
+        assert len(await reader.run(q.read_buckets, "acme")) == 2  # a scan: pooled
+        assert reader.pooled_reads == 1
+        conn = reader._inline_conn
+        assert conn is not None and conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        assert conn.execute("PRAGMA query_only").fetchone()[0] == 1
+    finally:
+        reader.close()
+    assert reader._inline_conn is None
+    with pytest.raises(StorageError):
+        await reader.run(q.read_tenant, "acme")
+
+
+async def test_inline_read_meeting_a_lock_goes_through_the_pool(tmp_path: Path) -> None:
+    """A point read that meets SQLITE_BUSY never waits inline: it is retried in the pool,
+    which waits for the lock and then answers."""
+    path = tmp_path / "meta.sqlite3"
+    w = m.MetadataWriter(path)
+    w.apply(m.CreateTenant("acme", None, 1.0))
+    w.close()
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    assert blocker.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    reader = q.MetadataReader(path, max_connections=2)
+    try:
+        assert (await reader.run(q.read_tenant, "acme")).used_bytes == 0
+        blocker.execute("BEGIN EXCLUSIVE")
+        blocker.execute("UPDATE tenants SET used_bytes = 7")
+        results: list[q.TenantInfo] = []
+
+        async def read_it() -> None:
+            results.append(await reader.run(q.read_tenant, "acme"))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_it)
+                while reader.pooled_reads == 0:
+                    await trio.sleep(0.01)
+                assert not results
+                blocker.execute("COMMIT")
+        assert results[0].used_bytes == 7
+        assert (reader.inline_reads, reader.pooled_reads) == (1, 1)
+        assert (await reader.run(q.read_tenant, "acme")).used_bytes == 7
+        assert reader.inline_reads == 2
+    finally:
+        reader.close()
+        blocker.close()
+
+
+async def test_slow_inline_read_pauses_inline_reads(writer: m.MetadataWriter) -> None:
+    """An inline read over budget sends point reads to the pool until the cooldown ends."""
+    path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
+    now = [0.0]
+    step = [0.0]
+
+    def timer() -> float:
+        now[0] += step[0]
+        return now[0]
+
+    reader = q.MetadataReader(path, inline_budget=0.002, inline_cooldown=1.0, timer=timer)
+    try:
+        await reader.run(q.read_tenant, "acme")
+        step[0] = 0.01  # every timer reading now moves 10 ms: each inline read is "slow"
+        await reader.run(q.read_tenant, "acme")
+        assert (reader.inline_reads, reader.pooled_reads) == (2, 0)
+        step[0] = 0.0
+        for _ in range(3):
+            await reader.run(q.read_tenant, "acme")
+        assert (reader.inline_reads, reader.pooled_reads) == (2, 3)
+        now[0] += 1.0
+        await reader.run(q.read_tenant, "acme")
+        assert (reader.inline_reads, reader.pooled_reads) == (3, 3)
+    finally:
+        reader.close()
+
+
+async def test_inline_reads_can_be_turned_off(writer: m.MetadataWriter) -> None:
+    """inline=False sends every read, point reads included, through the pool."""
+    path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
+    reader = q.MetadataReader(path, inline=False)
+    try:
+        assert (await reader.run(q.read_tenant, "acme")).name == "acme"
+        assert (reader.inline_reads, reader.pooled_reads) == (0, 1)
+        assert reader._inline_conn is None
+    finally:
+        reader.close()

@@ -13,7 +13,7 @@ import trio
 from purerpc import StatusCode
 from purerpc.wrappers import extract_message_from_singleton_stream
 
-from anvil_trio._proto.anvil.v1 import bucket_pb2, common_pb2, object_pb2
+from anvil_trio._proto.anvil.v1 import blob_pb2, bucket_pb2, common_pb2, object_pb2
 from anvil_trio.testing import (  # noqa: F401
     anvil_server,
     code_of,
@@ -557,6 +557,54 @@ async def test_object_error_precedence(anvil_server):
         StatusCode.PERMISSION_DENIED
     )
     assert await code_of(ts.get("nobucket", "k")) == StatusCode.NOT_FOUND
+
+
+async def test_list_argument_errors_beat_missing_list_scope(anvil_server):
+    """A page token (or start_after) the server did not issue is INVALID_ARGUMENT with or
+    without the list scope; an issued token without the scope is PERMISSION_DENIED."""
+    ts = anvil_server
+    await make_bucket(ts)
+    await make_bucket(ts, "other")
+    for key in ("k1", "k2"):
+        await ts.put("bkt", key, b".")
+    issued = await ts.objects.ListObjects(list_req(max_keys=1), metadata=ts.metadata)
+    versions = await ts.objects.ListObjectVersions(versions_req(max_keys=1), metadata=ts.metadata)
+    assert issued.next_page_token and versions.next_page_token
+    head, _, mac = issued.next_page_token.rpartition(".")
+    tampered = f"{head}.{'A' if mac[0] != 'A' else 'B'}{mac[1:]}"
+    no_scope = await ts.metadata_for(["read:bucket:bkt/*", "read:blob:*"])
+    for metadata in (no_scope, ts.metadata):
+        for token in ("forged", tampered, "v1..", versions.next_page_token + "x"):
+            assert await code_of(ts.objects.ListObjects(
+                list_req(page_token=token), metadata=metadata
+            )) == StatusCode.INVALID_ARGUMENT
+            assert await code_of(ts.objects.ListObjectVersions(
+                versions_req(page_token=token), metadata=metadata
+            )) == StatusCode.INVALID_ARGUMENT
+
+        async def list_blobs(md=metadata):
+            request = blob_pb2.ListBlobsRequest(start_after=b"sha256:nothex")
+            return [blob async for blob in ts.blobs.ListBlobs(request, metadata=md)]
+
+        assert await code_of(list_blobs()) == StatusCode.INVALID_ARGUMENT
+    # Tokens the server issued pass the early check: without the scope, PERMISSION_DENIED ...
+    assert await code_of(ts.objects.ListObjects(
+        list_req(page_token=issued.next_page_token), metadata=no_scope
+    )) == StatusCode.PERMISSION_DENIED
+    assert await code_of(ts.objects.ListObjectVersions(
+        versions_req(page_token=versions.next_page_token), metadata=no_scope
+    )) == StatusCode.PERMISSION_DENIED
+    # ... also on another listing (that is checked after authorization) ...
+    assert await code_of(ts.objects.ListObjects(
+        list_req("other", page_token=issued.next_page_token), metadata=no_scope
+    )) == StatusCode.PERMISSION_DENIED
+    assert await code_of(ts.objects.ListObjects(
+        list_req("other", page_token=issued.next_page_token), metadata=ts.metadata
+    )) == StatusCode.INVALID_ARGUMENT
+    # ... and with the scope they continue the listing.
+    page = await ts.objects.ListObjects(list_req(page_token=issued.next_page_token),
+                                        metadata=ts.metadata)
+    assert [o.object_key for o in [*issued.objects, *page.objects]] == ["k1", "k2"]
 
 
 # ---------------------------------------------------------------- limits

@@ -16,6 +16,7 @@ from purerpc import StatusCode
 from purerpc.grpclib.events import ResponseEnded
 from purerpc.grpclib.exceptions import raise_status
 
+from anvil_trio import Config
 from anvil_trio._proto.anvil.v1 import blob_pb2, upload_grpc, upload_pb2
 from anvil_trio.rpc._upload_service import (
     MAX_BATCH_BYTES,
@@ -32,11 +33,21 @@ MiB = 1 << 20
 # ------------------------------------------------------------------------ server
 
 
-def open_server(tmp_path, *, upload_slots: int = 64, max_object_size: int | None = None):
+def open_server(
+    tmp_path,
+    *,
+    upload_slots: int = 64,
+    max_object_size: int | None = None,
+    idle_timeout: float = 300.0,
+):
     """The real test server (tenant t1, a *:* token) with the upload knobs these tests use."""
     return open_test_server(
         tmp_path,
-        config_overrides={"max_upload_sessions": upload_slots, "max_object_bytes": max_object_size},
+        config_overrides={
+            "max_upload_sessions": upload_slots,
+            "max_object_bytes": max_object_size,
+            "upload_idle_timeout": idle_timeout,
+        },
     )
 
 
@@ -249,6 +260,41 @@ async def test_resume_after_the_stream_is_dropped(tmp_path):
         assert await read_blob(h, key_of(data)) == data
 
 
+async def test_resume_supersedes_a_stream_still_writing_the_upload(tmp_path):
+    """A resume while the first stream is still open ends that stream with ABORTED, acks exactly
+    the durable bytes, and completes; the two streams never append to one upload together."""
+    data = bytes(range(251)) * (3 * MiB // 251)
+    async with open_server(tmp_path, upload_slots=2) as h:
+        async with h.open_channel() as first_channel:
+            first = await upload_grpc.UploadServiceStub(first_channel).Upload(metadata=h.metadata)
+            await first.send_message(start(len(data)))
+            upload_id = (await receive(first)).upload_id
+            for message in chunks_of(data[: 2 * MiB], MiB):
+                await first.send_message(message)
+            acked = 0
+            while acked < 2 * MiB:
+                acked = (await receive(first)).received_bytes
+            # The first stream stays open and silent; its client "comes back" on a new call.
+            resumed = await h.uploads.Upload(metadata=h.metadata)
+            await resumed.send_message(start(len(data), upload_id=upload_id))
+            assert (await receive(resumed)).received_bytes == 2 * MiB
+            async with expect_status(StatusCode.ABORTED):
+                while await receive(first) is not None:
+                    pass
+            for message in chunks_of(data[2 * MiB :], MiB, 2 * MiB):
+                await resumed.send_message(message)
+            await resumed.send_message(complete(hashlib.sha256(data).digest()))
+            await resumed.close()
+            acks = []
+            while (ack := await receive(resumed)) is not None:
+                acks.append(ack)
+            assert acks[-1].complete.key == key_of(data)
+            assert await read_blob(h, key_of(data)) == data
+            # Both slots are free again: two more uploads can run at once.
+            await upload_blob(h, b"x")
+            await upload_blob(h, b"y")
+
+
 # ------------------------------------------------------------------------ protocol errors
 
 
@@ -390,6 +436,48 @@ async def test_upload_slots_exhausted_is_resource_exhausted(tmp_path):
                     assert rpc_error(exc).status.status_code == StatusCode.RESOURCE_EXHAUSTED
                     await trio.sleep(0.05)
         assert acks[-1].complete.key == key_of(b"again")
+
+
+async def test_silent_upload_times_out_frees_its_slot_and_stays_resumable(tmp_path):
+    """An Upload that sends nothing for upload_idle_timeout (before or after its start) ends with
+    DEADLINE_EXCEEDED; the bytes it accepted are kept, its slot is free, and it resumes."""
+    data = b"0123456789"
+    # Every message a test means to send is sent at once (never after reading an ack), so
+    # only the deliberate silences can exceed the idle timeout, however slow the machine.
+    async with open_server(tmp_path, upload_slots=1, idle_timeout=1.0) as h:
+        # Silent before the start: ended too (no slot was taken yet).
+        quiet = await h.uploads.Upload(metadata=h.metadata)
+        async with expect_status(StatusCode.DEADLINE_EXCEEDED):
+            await receive(quiet)
+        # Silent mid-upload, with 4 bytes held only in memory (no ack for them was sent).
+        silent = await h.uploads.Upload(metadata=h.metadata)
+        await silent.send_message(start(len(data)))
+        await silent.send_message(chunk(0, data[:4]))
+        upload_id = (await receive(silent)).upload_id
+        with pytest.raises(BaseException) as caught:  # noqa: PT011 - sorted out below
+            while await receive(silent) is not None:
+                pass
+        status = rpc_error(caught.value).status
+        assert status.status_code == StatusCode.DEADLINE_EXCEEDED, status
+        assert upload_id in status.status_message and "4 bytes" in status.status_message
+        # The only slot is free again, and the upload resumes from the 4 bytes kept.
+        acks = await run_upload(
+            h.uploads,
+            [start(len(data), upload_id=upload_id), chunk(4, data[4:]),
+             complete(hashlib.sha256(data).digest())],
+            h.metadata,
+        )
+        assert acks[0].upload_id == upload_id and acks[0].received_bytes == 4
+        assert acks[-1].complete.key == key_of(data)
+        assert await read_blob(h, key_of(data)) == data
+
+
+def test_idle_timeout_must_be_positive():
+    """Config rejects a zero or negative upload_idle_timeout; the default is 300 s."""
+    assert Config().upload_idle_timeout == 300.0
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError):
+            Config(upload_idle_timeout=bad)
 
 
 async def test_declared_size_past_the_limit_is_resource_exhausted(tmp_path):

@@ -64,9 +64,11 @@ from ._secrets import (
 from ._tokens import (
     DEFAULT_ISSUER,
     DEFAULT_LEEWAY,
+    DEFAULT_TOKEN_CACHE_SIZE,
     DEFAULT_TOKEN_LIFETIME,
     TokenClaims,
     TokenCodec,
+    VerifiedTokenCache,
 )
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "DEFAULT_ISSUER",
     "DEFAULT_LEEWAY",
     "DEFAULT_SCRYPT",
+    "DEFAULT_TOKEN_CACHE_SIZE",
     "DEFAULT_TOKEN_LIFETIME",
     "KEY_FILE_NAME",
     "OPERATIONS",
@@ -96,6 +99,7 @@ __all__ = [
     "TokenClaims",
     "TokenCodec",
     "UnauthenticatedError",
+    "VerifiedTokenCache",
     "blob_resource",
     "bucket_resource",
     "covers",

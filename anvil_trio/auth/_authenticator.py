@@ -12,8 +12,11 @@ Invariants:
   (each takes ~16 MiB at the default parameters). An unknown client id, or an app whose stored
   hash is malformed, costs the same scrypt work as a real check and fails with the same message
   as a wrong secret, so neither timing nor wording tells whether a client id exists.
-* ``verify`` is synchronous and cheap (one HMAC): it parses ``Bearer <jwt>`` (scheme
-  case-insensitive) and checks the token with the current key ring.
+* ``verify`` is synchronous and cheap: it parses ``Bearer <jwt>`` (scheme case-insensitive)
+  and checks the token with the current key ring: one HMAC the first time, then (from the
+  codec's cache of verified tokens) only the time checks, against the clock, until the token
+  expires or is evicted. ``update_keyring`` starts a new codec with an empty cache, so a key
+  that left the ring verifies nothing from then on.
 * Time comes from ``now=`` when given, else from the ``clock`` knob (default ``time.time``).
 """
 
@@ -32,7 +35,13 @@ from ._keys import KeyRing
 from ._operations import required_scope_for
 from ._scopes import Grants, Scope, narrow_scopes
 from ._secrets import DEFAULT_SCRYPT, ScryptParams, dummy_verify, verify_secret
-from ._tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY, DEFAULT_TOKEN_LIFETIME, TokenCodec
+from ._tokens import (
+    DEFAULT_ISSUER,
+    DEFAULT_LEEWAY,
+    DEFAULT_TOKEN_CACHE_SIZE,
+    DEFAULT_TOKEN_LIFETIME,
+    TokenCodec,
+)
 
 __all__ = [
     "AppRecord",
@@ -186,6 +195,7 @@ class Authenticator:
             new secrets are hashed with.
         hash_concurrency: how many secret verifications may run at once.
         clock: the time source when no ``now=`` is given (seconds since the epoch).
+        token_cache_size: how many verified tokens to remember (0: verify each in full).
     """
 
     _keyring: KeyRing = attrs.field(alias="keyring")
@@ -196,6 +206,7 @@ class Authenticator:
     scrypt_params: ScryptParams = attrs.field(default=DEFAULT_SCRYPT, kw_only=True)
     hash_concurrency: int = attrs.field(default=2, kw_only=True)
     clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
+    token_cache_size: int = attrs.field(default=DEFAULT_TOKEN_CACHE_SIZE, kw_only=True)
     _codec: TokenCodec = attrs.field(init=False)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
 
@@ -205,7 +216,8 @@ class Authenticator:
 
     def _make_codec(self, keyring: KeyRing) -> TokenCodec:
         return TokenCodec(
-            keyring, issuer=self.issuer, lifetime=self.token_lifetime, leeway=self.leeway
+            keyring, issuer=self.issuer, lifetime=self.token_lifetime, leeway=self.leeway,
+            cache_size=self.token_cache_size,
         )
 
     @property
@@ -214,7 +226,8 @@ class Authenticator:
         return self._keyring
 
     def update_keyring(self, keyring: KeyRing) -> None:
-        """Use a new key ring from now on (e.g. after the key file was rotated)."""
+        """Use a new key ring from now on (e.g. after the key file was rotated); tokens
+        verified before are verified again, so one whose key is gone is rejected."""
         self._codec = self._make_codec(keyring)
         self._keyring = keyring
 

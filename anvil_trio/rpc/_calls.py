@@ -7,6 +7,8 @@ Invariants:
 * A handler runs inside its call's ``CallControl.cancel_scope`` and, when the client sent
   ``grpc-timeout``, inside a deadline; hitting the deadline cancels the handler and answers
   ``DEADLINE_EXCEEDED``.
+* A handler method with a ``request_decoder`` attribute (``bytes -> message``) gets its request
+  messages decoded by it instead of ``ParseFromString`` (a fast path for bulk-data messages).
 * Handler exceptions become statuses only through :func:`status_for_exception`; no status is
   ever ``CANCELLED`` and no message carries a ``repr()``.
 * ``active`` counts handlers running now; a call arriving while ``active`` is at the limit gets
@@ -91,6 +93,14 @@ class CallContext:
     call_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:16])
     initial_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
     trailing_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
+    _control: CallControl | None = attrs.field(default=None, alias="control", repr=False)
+
+    def abort(self, code: StatusCode, message: str) -> None:
+        """End this call from another task: its handler is cancelled and the client gets
+        ``code`` with ``message`` (e.g. an upload stream superseded by a resume). A no-op once
+        the call has ended."""
+        if self._control is not None:
+            self._control.abort(Status(code, message))
 
     @property
     def method(self) -> str:
@@ -185,6 +195,7 @@ class CallDispatcher:
                 user_agent=event.user_agent,
                 peer=peer,
                 peer_certificate=peer_certificate,
+                control=control,
             )
             stream.context = context
             bound, status = self._route(context)
@@ -224,6 +235,7 @@ class CallDispatcher:
         try:
             handler = functools.partial(bound.method_fn, request=context)
             stream.expect_message_type(bound.signature.request_type)
+            stream.request_decoder = getattr(bound.method_fn, "request_decoder", None)
             runner = _RUNNERS[bound.signature.cardinality]
             expired = Status(
                 StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded (grpc-timeout {context.timeout})"

@@ -134,6 +134,11 @@ class EdgeConfig:
             RESOURCE_EXHAUSTED.
         max_concurrent_streams: HTTP/2 streams a client may open at once per connection
             (SETTINGS_MAX_CONCURRENT_STREAMS; a client exceeding it breaks its connection).
+        connection_window_bytes: the HTTP/2 connection-level receive window: complete request
+            messages received on one connection and not yet taken by their handlers never exceed
+            it (each stream's own window is ``2 x max_request_message_bytes``).
+        max_outbound_buffer_bytes: response bytes one connection may queue for its socket
+            before handlers sending on it wait (backpressure towards a slow reader).
         drain_grace: seconds running calls get to finish when draining.
         handshake_timeout: seconds a TLS handshake may take.
         dev_mode: INTERNAL statuses carry exception text and traceback (never in production).
@@ -149,6 +154,8 @@ class EdgeConfig:
     )
     max_concurrent_calls: int = attrs.field(default=1000, validator=[_at_least(1)])
     max_concurrent_streams: int = attrs.field(default=1000, validator=[_at_least(1)])
+    connection_window_bytes: int = attrs.field(default=32 << 20, validator=[_at_least(1 << 16)])
+    max_outbound_buffer_bytes: int = attrs.field(default=4 << 20, validator=[_at_least(1 << 16)])
     drain_grace: float = 10.0
     handshake_timeout: float = 10.0
     dev_mode: bool = False
@@ -165,6 +172,10 @@ class EdgeStats:
     calls_refused: int
     #: Request bytes received on open connections and not yet acknowledged (flow control).
     unacknowledged_bytes: int
+    #: The most request bytes any open connection has held unacknowledged at once.
+    peak_unacknowledged_bytes: int = 0
+    #: Response bytes queued for (or being written to) the sockets of open connections.
+    outbound_bytes: int = 0
 
 
 class EdgeServer:
@@ -232,6 +243,10 @@ class EdgeServer:
             calls_served=self._dispatcher.served,
             calls_refused=self._dispatcher.refused,
             unacknowledged_bytes=sum(c.unacknowledged_bytes for c in self._connections),
+            peak_unacknowledged_bytes=max(
+                (c.peak_unacknowledged_bytes for c in self._connections), default=0
+            ),
+            outbound_bytes=sum(c.outbound_bytes for c in self._connections),
         )
 
     @property
@@ -382,6 +397,20 @@ class _Connection:
             return 0
         return self._grpc_socket.connection.unacknowledged_bytes
 
+    @property
+    def peak_unacknowledged_bytes(self) -> int:
+        """The most request bytes this connection has held unacknowledged at once."""
+        if self._grpc_socket is None:
+            return 0
+        return self._grpc_socket.connection.peak_unacknowledged_bytes
+
+    @property
+    def outbound_bytes(self) -> int:
+        """Response bytes queued for (or being written to) this connection's socket."""
+        if self._grpc_socket is None:
+            return 0
+        return self._grpc_socket.outbound_bytes()
+
     async def run(self) -> None:
         server = self._server
         stream: trio.abc.Stream = self._tcp
@@ -416,6 +445,8 @@ class _Connection:
             server._purerpc_config,
             adapter,
             max_concurrent_streams=server.config.max_concurrent_streams,
+            connection_window=server.config.connection_window_bytes,
+            max_outbound_buffer=server.config.max_outbound_buffer_bytes,
         )
         self._grpc_socket = grpc_socket
         async with grpc_socket:

@@ -5,12 +5,16 @@ Invariants:
 * Every handler checks in API.md's order: the bearer token (UNAUTHENTICATED), then the
   request's arguments — names and keys, ranges, page sizes, prefixes, metadata, the order of
   stream messages (INVALID_ARGUMENT) — then the scope (PERMISSION_DENIED), then storage
-  (NOT_FOUND and the rest). Page tokens are opaque to this layer and are checked by storage,
-  so a forged page token under a token without ``list`` scope answers PERMISSION_DENIED.
+  (NOT_FOUND and the rest). Page tokens are opaque to this layer: storage checks that one was
+  issued by this server (``Storage.check_page_token``, pure) before the scope check, so a forged
+  token is INVALID_ARGUMENT even without ``list`` scope; whether an issued token belongs to
+  this listing is checked by storage after authorization.
 * ``PutObject`` authenticates before it reads the stream; its first message must be the
-  metadata. The remaining messages reach :meth:`Storage.put_object` as an async generator of
-  chunks, so the object becomes visible only in storage's one commit after the client ended its
-  stream and the bytes are durable. A second metadata message, a reset stream, a broken
+  metadata. Request messages are decoded by :func:`decode_put_request`, so a chunk reaches
+  storage as a ``memoryview`` into the received message, never copied. The remaining messages
+  reach :meth:`Storage.put_object` as an async generator of chunks, so the object becomes
+  visible only in storage's one commit after the client ended its stream and the bytes are
+  durable. A second metadata message, a reset stream, a broken
   connection, the client's deadline or any storage error before the commit leaves nothing
   visible. Puts are not retried (their input cannot be replayed).
 * ``GetObject`` sends the object's info first, then chunks of at most 1 MiB (storage's reader
@@ -80,23 +84,66 @@ def _byte_range(message: object_pb2.GetObjectRequest) -> tuple[int, int | None]:
     return start, end
 
 
+def _chunk_view(raw: bytes) -> memoryview | None:
+    """The payload of a serialized ``PutObjectRequest`` that holds only ``chunk``, without a copy.
+
+    That encoding is the tag byte ``0x12`` (field 2, length-delimited), a varint length, then
+    exactly that many bytes. Anything else (metadata, unknown or repeated fields) returns
+    ``None`` and is left to the protobuf parser.
+    """
+    if len(raw) < 2 or raw[0] != 0x12:
+        return None
+    length = shift = 0
+    position = 1
+    while position < len(raw) and position <= 10:
+        byte = raw[position]
+        position += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if position + length != len(raw):
+                return None
+            return memoryview(raw)[position:]
+        shift += 7
+    return None
+
+
+def decode_put_request(raw: bytes) -> object_pb2.PutObjectRequest | memoryview:
+    """Decode one PutObject request message: a chunk-only message becomes a zero-copy
+    ``memoryview`` of its bytes, anything else a parsed ``PutObjectRequest``.
+
+    Raises:
+        google.protobuf.message.DecodeError: the bytes are not a ``PutObjectRequest``.
+    """
+    view = _chunk_view(raw)
+    if view is not None:
+        return view
+    message = object_pb2.PutObjectRequest()
+    message.ParseFromString(raw)
+    return message
+
+
 async def _chunks(
-    messages: AsyncIterator[object_pb2.PutObjectRequest],
-) -> AsyncIterator[bytes]:
+    messages: AsyncIterator[object_pb2.PutObjectRequest | memoryview],
+) -> AsyncIterator[bytes | memoryview]:
     """The ``chunk`` payloads of the rest of a PutObject stream.
 
     Raises:
         InvalidArgumentError: a message that is not a chunk (a second metadata, or neither).
     """
     async for message in messages:
+        if isinstance(message, memoryview):
+            if message:
+                yield message
+            continue
         kind = message.WhichOneof("data")
         if kind != "chunk":
             raise InvalidArgumentError(
                 "PutObject: after the metadata every message must be a chunk"
                 f" (got {kind or 'an empty message'})"
             )
-        if message.chunk:
-            yield message.chunk
+        chunk = message.chunk
+        if chunk:
+            yield chunk
 
 
 class ObjectService(object_grpc.ObjectServiceServicer):
@@ -127,7 +174,8 @@ class ObjectService(object_grpc.ObjectServiceServicer):
         """
         who = self._who(request)
         first = await anext(aiter(input_messages), None)
-        if first is None or first.WhichOneof("data") != "metadata":
+        if (first is None or isinstance(first, memoryview)
+                or first.WhichOneof("data") != "metadata"):
             raise InvalidArgumentError("PutObject: the first message must carry the metadata")
         meta = first.metadata
         user_metadata = validate_metadata_map(dict(meta.user_metadata), what="user metadata")
@@ -146,6 +194,8 @@ class ObjectService(object_grpc.ObjectServiceServicer):
         return object_pb2.PutObjectResponse(
             etag=result.etag, version_id=result.version_id, size=result.size
         )
+
+    PutObject.request_decoder = decode_put_request
 
     async def GetObject(  # noqa: N802 - gRPC method name
         self, input_message: object_pb2.GetObjectRequest, request: CallContext
@@ -228,6 +278,7 @@ class ObjectService(object_grpc.ObjectServiceServicer):
         normalize_max_keys(message.max_keys)
         decode_prefix(message.prefix, what="prefix")
         decode_prefix(message.delimiter, what="delimiter")
+        self._ctx.storage.check_page_token(message.page_token)
         who.require_operation("ListObjects", bucket=message.bucket_name)
         page = await call_storage(
             self._ctx, self._ctx.storage.list_objects, who.tenant, message.bucket_name,
@@ -254,6 +305,7 @@ class ObjectService(object_grpc.ObjectServiceServicer):
         message = input_message
         normalize_max_keys(message.max_keys)
         decode_prefix(message.prefix, what="prefix")
+        self._ctx.storage.check_page_token(message.page_token)
         who.require_operation("ListObjectVersions", bucket=message.bucket_name)
         page = await call_storage(
             self._ctx, self._ctx.storage.list_object_versions, who.tenant, message.bucket_name,

@@ -19,7 +19,7 @@ from ._blob_service import BlobService
 from ._bucket_service import BucketService
 from ._common import ServiceContext
 from ._object_service import ObjectService
-from ._upload_service import UploadService
+from ._upload_service import DEFAULT_IDLE_TIMEOUT, UploadService
 
 __all__ = ["build_servicers"]
 
@@ -30,7 +30,7 @@ def build_servicers(ctx: ServiceContext, config: Any = None) -> list[purerpc.Ser
     Args:
         ctx: what the servicers share (storage, authenticator, upload slots, retry schedule).
         config: the server's :class:`~anvil_trio.Config` (for servicers with knobs of their
-            own); may be None.
+            own: ``upload_idle_timeout``); may be None (the defaults).
 
     Returns:
         A new list of servicers, one per service.
@@ -40,6 +40,9 @@ def build_servicers(ctx: ServiceContext, config: Any = None) -> list[purerpc.Ser
         BucketService(ctx),
         ObjectService(ctx),
         BlobService(ctx),
-        UploadService(ctx),
+        UploadService(
+            ctx,
+            idle_timeout=getattr(config, "upload_idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        ),
     ]
     return servicers

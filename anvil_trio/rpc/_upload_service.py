@@ -30,11 +30,24 @@ Invariants (the session's state machine)::
 * A stream that ends without ``complete`` writes what it accepted, sends one last ack with the
   durable count, and ends with OK: the upload stays resumable. A stream that breaks keeps at
   least the last acked count (the unwritten batch is lost).
+* One stream writes an upload at a time: a resume of an upload that another stream of the
+  same tenant is still writing (its client dropped and came back before the server noticed)
+  ends that stream with ABORTED, waits for its in-flight durable write, and only then acks the
+  durable count.
 * At most ``ServiceContext.upload_slots`` uploads run at once; one more gets
   RESOURCE_EXHAUSTED at once (it never waits for a slot). The slot is taken after
   authorization and before any storage work, and released when the call ends, however it ends.
 * Checks run in API.md's order: authenticate (before reading any message), validate the start,
   authorize (``write:blob:*``), then storage. Everything is inside the token's tenant.
+* A client that goes silent does not hold a slot forever: every wait for the next message
+  (the start included) is bounded by ``idle_timeout`` seconds (``Config.upload_idle_timeout``,
+  default 300). Past it, the bytes accepted are written durably (as at an end of stream
+  without ``complete``) and the call ends with DEADLINE_EXCEEDED — a time limit passed before
+  the operation could finish, which API.md already lists as retryable; retrying an upload means
+  resuming it with its ``upload_id`` (ABORTED is not used: it signals a concurrency conflict).
+  No ack is sent then (a silent client may not be reading); the status message carries the
+  durable count. The slot is released as the call ends. Time spent in storage or waiting to
+  send an ack does not count as idle.
 """
 
 from __future__ import annotations
@@ -56,9 +69,11 @@ from ._common import ServiceContext, call_storage, principal
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
+    "DEFAULT_IDLE_TIMEOUT",
     "MAX_BATCH_BYTES",
     "SessionPhase",
     "StartRequest",
+    "UploadIdleError",
     "UploadService",
     "UploadSession",
     "parse_start",
@@ -68,9 +83,48 @@ __all__ = [
 DEFAULT_BATCH_BYTES = 1 << 20
 #: The contract promises an ack at least once per 4 MiB received.
 MAX_BATCH_BYTES = 4 << 20
+#: Seconds an Upload stream may wait for its next message (``Config.upload_idle_timeout``).
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _HASH_BYTES = 32
+
+
+class UploadIdleError(purerpc.DeadlineExceededError):
+    """No message arrived on an Upload stream within the idle timeout (DEADLINE_EXCEEDED).
+
+    Attributes:
+        idle_timeout: the timeout that passed, in seconds.
+    """
+
+    def __init__(self, idle_timeout: float, detail: str = "") -> None:
+        text = f"no upload message for {idle_timeout:g} s; the call was ended"
+        super().__init__(f"{text}{'; ' + detail if detail else ''}")
+        self.idle_timeout = idle_timeout
+
+
+class _IdleBounded:
+    """``messages`` as they come; :class:`UploadIdleError` when the next one takes longer than
+    ``idle_timeout`` seconds to arrive (only the wait for it is timed). A plain iterator, not a
+    generator, so nothing is left to finalize when the call ends early."""
+
+    def __init__(
+        self, messages: AsyncIterator[upload_pb2.UploadMessage], idle_timeout: float
+    ) -> None:
+        self._messages = messages
+        self._idle_timeout = idle_timeout
+
+    def __aiter__(self) -> _IdleBounded:
+        return self
+
+    async def __anext__(self) -> upload_pb2.UploadMessage:
+        with trio.move_on_after(self._idle_timeout) as scope:
+            message = await anext(self._messages, None)
+        if scope.cancelled_caught:
+            raise UploadIdleError(self._idle_timeout)
+        if message is None:
+            raise StopAsyncIteration
+        return message
 
 
 class SessionPhase(enum.Enum):
@@ -269,22 +323,48 @@ class UploadSession:
         return self._take()
 
 
+#: Seconds a resume waits for a superseded stream to finish its in-flight durable write.
+_TAKEOVER_WAIT = 30.0
+
+
+@attrs.define(eq=False)
+class _Writer:
+    """One Upload call while it owns an upload id."""
+
+    context: CallContext
+    key: tuple[str, str] | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
 class UploadService(UploadServiceServicer):
     """The UploadService handler (see the module docstring for the protocol it keeps).
 
     Args:
         ctx: the shared service context; ``ctx.upload_slots`` bounds concurrent uploads.
         batch_bytes: bytes accepted before a durable write and an ack (1 B to 4 MiB).
+        idle_timeout: seconds to wait for each message before the call ends with
+            DEADLINE_EXCEEDED (positive; ``math.inf`` waits forever).
 
     Raises:
-        ValueError: ``batch_bytes`` out of range.
+        ValueError: ``batch_bytes`` out of range, or ``idle_timeout`` not positive.
     """
 
-    def __init__(self, ctx: ServiceContext, *, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         if not 1 <= batch_bytes <= MAX_BATCH_BYTES:
             raise ValueError(f"batch_bytes must be 1..{MAX_BATCH_BYTES}")
+        if not idle_timeout > 0:
+            raise ValueError("idle_timeout must be positive")
         self._ctx = ctx
         self._batch_bytes = batch_bytes
+        self._idle_timeout = idle_timeout
+        # (tenant, upload_id) -> the stream currently writing that upload.
+        self._writers: dict[tuple[str, str], _Writer] = {}
 
     async def Upload(  # noqa: N802 - gRPC method name
         self, messages: AsyncIterable[upload_pb2.UploadMessage], request: CallContext
@@ -299,10 +379,11 @@ class UploadService(UploadServiceServicer):
             mismatch, total_size differing on resume, bad or mismatching hash);
             PermissionDeniedError (no ``write:blob:*``); NotFoundError (unknown or expired
             upload id); ``purerpc.ResourceExhaustedError`` (no upload slot free);
-            ObjectTooLargeError, QuotaExceededError, StorageFullError (RESOURCE_EXHAUSTED).
+            ObjectTooLargeError, QuotaExceededError, StorageFullError (RESOURCE_EXHAUSTED);
+            UploadIdleError (DEADLINE_EXCEEDED: no message within the idle timeout).
         """
         who = principal(self._ctx, request)
-        messages = aiter(messages)
+        messages = _IdleBounded(aiter(messages), self._idle_timeout)
         start = parse_start(await anext(messages, None))
         who.require_operation("Upload")
         slots = self._ctx.upload_slots
@@ -313,12 +394,41 @@ class UploadService(UploadServiceServicer):
             raise purerpc.ResourceExhaustedError(
                 f"too many concurrent uploads (limit {slots.total_tokens}); retry later"
             ) from None
+        me = _Writer(request)
         try:
+            if start.upload_id:
+                await self._take_over((who.tenant, start.upload_id), me)
             async with contextlib.aclosing(self._run(who.tenant, start, messages)) as acks:
                 async for ack in acks:
+                    if me.key is None:
+                        self._writers.setdefault((who.tenant, ack.upload_id), me)
+                        me.key = (who.tenant, ack.upload_id)
                     yield ack
         finally:
+            if me.key is not None and self._writers.get(me.key) is me:
+                del self._writers[me.key]
+            me.done.set()
             slots.release_on_behalf_of(holder)
+
+    async def _take_over(self, key: tuple[str, str], me: "_Writer") -> None:
+        """Make ``me`` the only stream writing upload ``key``: a stream still writing it (its
+        client dropped the connection and resumed before the server noticed) is ended with
+        ABORTED and waited for, so the resume acks exactly the bytes that are durable and no
+        two streams ever append to one upload."""
+        for _ in range(8):
+            old = self._writers.get(key)
+            if old is None or old is me:
+                break
+            old.context.abort(
+                purerpc.StatusCode.ABORTED,
+                f"upload {key[1]} was resumed by another stream; this one is superseded",
+            )
+            with trio.move_on_after(_TAKEOVER_WAIT):
+                await old.done.wait()
+            if self._writers.get(key) is old:
+                del self._writers[key]  # it did not finish in time; later appends fail on offset
+        self._writers[key] = me
+        me.key = key
 
     async def _run(
         self,
@@ -347,25 +457,38 @@ class UploadService(UploadServiceServicer):
                 )
                 session.wrote(durable)
 
-        async for message in messages:
-            kind = _kind(message)
-            if kind == "chunk":
-                for batch in session.on_chunk(message.chunk.offset, message.chunk.data):
-                    await write([batch])
-                    yield session.ack()
-            elif kind == "complete":
-                expected = message.complete.expected_hash
-                await write(session.on_complete(expected))
-                done = await storage.complete_upload(tenant, session.upload_id, expected or None)
-                yield upload_pb2.UploadAck(
-                    upload_id=session.upload_id,
-                    received_bytes=done.size,
-                    complete=upload_pb2.UploadComplete(
-                        key=done.key.encode("ascii"), size=done.size, deduplicated=done.deduplicated
-                    ),
-                )
-                return
-            else:
-                session.on_message(kind)
+        try:
+            async for message in messages:
+                kind = _kind(message)
+                if kind == "chunk":
+                    for batch in session.on_chunk(message.chunk.offset, message.chunk.data):
+                        await write([batch])
+                        yield session.ack()
+                elif kind == "complete":
+                    expected = message.complete.expected_hash
+                    await write(session.on_complete(expected))
+                    done = await storage.complete_upload(
+                        tenant, session.upload_id, expected or None
+                    )
+                    yield upload_pb2.UploadAck(
+                        upload_id=session.upload_id,
+                        received_bytes=done.size,
+                        complete=upload_pb2.UploadComplete(
+                            key=done.key.encode("ascii"),
+                            size=done.size,
+                            deduplicated=done.deduplicated,
+                        ),
+                    )
+                    return
+                else:
+                    session.on_message(kind)
+        except UploadIdleError as idle:
+            # Keep what was accepted (as at an end of stream), then end the call; no ack: a
+            # silent client may not be reading, and the status carries the count instead.
+            await write(session.on_end())
+            raise UploadIdleError(
+                idle.idle_timeout,
+                f"upload {session.upload_id} holds {session.durable} bytes; resume it",
+            ) from None
         await write(session.on_end())
         yield session.ack()

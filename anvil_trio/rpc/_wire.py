@@ -11,9 +11,19 @@ Invariants:
 * Every stream whose headers parsed has a :class:`CallControl` in ``EdgeConnection.calls`` from
   the moment its HEADERS frame is parsed until the call task calls
   :meth:`EdgeConnection.forget`.
-* Flow control: every flow-controlled byte received is acknowledged exactly once -- by purerpc
-  when the handler consumes a message, or here when a message is refused, discarded, or left
-  unread when the call ends. So a rejected 40 MiB message does not shrink the connection window.
+* Flow control follows consumption (backpressure). Every flow-controlled byte received is
+  released exactly once: when the handler takes the message that holds it, or when the message
+  is refused, discarded, or left unread when the call ends; so a rejected 40 MiB message does
+  not shrink any window. A stream's window reopens only by released bytes, so a stream holds at
+  most its window (``2 x max_message_length``) of received, unconsumed bytes. The connection
+  window (``connection_window`` bytes, not purerpc's 1 GiB) reopens by released bytes too, and
+  also by the bytes of a message still incomplete (bounded per stream by the stream window), so
+  complete, unconsumed messages on one connection never exceed ``connection_window`` while a
+  message half-arrived on one stream can never starve the others. WINDOW_UPDATEs go out once a
+  quarter of a window is pending, or at once when the window is empty.
+* Outgoing bytes are bounded too: a stream adds a DATA frame to the connection's send buffer
+  only while fewer than ``max_outbound_buffer`` bytes wait there (or are being written), and
+  frames are cut from the message by ``memoryview`` slicing, never by copying the rest.
 * A rejected call (too large, compressed) is answered by its own call task with the status
   recorded in its ``CallControl``; the connection only records it and cancels the call.
 * A stream reset by the peer cancels its call; nothing is sent on it afterwards.
@@ -25,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
 import anyio
@@ -39,7 +50,7 @@ from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
 from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
-from purerpc.grpclib.events import MessageReceived
+from purerpc.grpclib.events import MessageReceived, RequestEnded, ResponseEnded
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 
 __all__ = [
@@ -64,6 +75,7 @@ class CallControl:
         abort_status: the status to answer with after an abort, or ``None``.
         peer_reset: the client reset the stream; nothing may be sent on it.
         unacked: flow-controlled bytes received but not yet handed out as whole messages.
+        partial_credited: how many of ``unacked`` were already credited to the connection.
     """
 
     stream_id: int
@@ -71,6 +83,7 @@ class CallControl:
     abort_status: Status | None = None
     peer_reset: bool = False
     unacked: int = 0
+    partial_credited: int = 0
 
     def abort(self, status: Status | None) -> None:
         """Cancel the call; ``status`` is what to answer, ``None`` means the peer reset it."""
@@ -79,6 +92,14 @@ class CallControl:
         elif self.abort_status is None:
             self.abort_status = status
         self.cancel_scope.cancel()
+
+
+class _EdgeMessage(MessageReceived):
+    """A received message, plus how many of its bytes the connection window still owes."""
+
+    def __init__(self, stream_id: int, data: bytes, flow_controlled_length: int, owed: int) -> None:
+        super().__init__(stream_id, data, flow_controlled_length)
+        self.connection_owed = owed
 
 
 class _StrictReadBuffer(MessageReadBuffer):
@@ -96,31 +117,94 @@ class _StrictReadBuffer(MessageReadBuffer):
 
 
 class EdgeConnection(GRPCConnection):
-    """purerpc's sans-IO gRPC connection, with per-call failure handling (see module doc).
+    """purerpc's sans-IO gRPC connection, with per-call failure handling and flow control that
+    follows consumption (see module doc).
 
     Args:
         config: purerpc configuration; its ``max_message_length`` is the request size limit.
         max_concurrent_streams: advertised SETTINGS_MAX_CONCURRENT_STREAMS.
+        connection_window: the connection-level receive window in bytes.
     """
 
-    def __init__(self, config: GRPCConfiguration, *, max_concurrent_streams: int) -> None:
+    def __init__(
+        self, config: GRPCConfiguration, *, max_concurrent_streams: int,
+        connection_window: int = 32 << 20,
+    ) -> None:
         self.MAX_CONCURRENT_STREAMS = max_concurrent_streams
         super().__init__(config)
         self.calls: dict[int, CallControl] = {}
         self.stream_registry: dict[int, Any] = {}
         self._retired: set[int] = set()
-        #: Flow-controlled bytes of DATA h2 handed us, and how many of them were acknowledged.
+        #: Flow-controlled bytes of DATA h2 handed us, and how many of them were released.
         self.received_bytes = 0
         self.acknowledged_bytes = 0
+        #: The largest ``unacknowledged_bytes`` seen (a measure of buffering, for tests).
+        self.peak_unacknowledged_bytes = 0
+        self.stream_window = 2 * config.max_message_length
+        self.connection_window = max(connection_window, self.stream_window)
+        self._connection_pending = 0
+        self._stream_pending: dict[int, int] = {}
 
     @property
     def unacknowledged_bytes(self) -> int:
-        """Bytes received and not yet acknowledged: queued messages plus partial ones."""
+        """Bytes received and not yet released: queued messages plus partial ones."""
         return self.received_bytes - self.acknowledged_bytes
 
+    # --- flow control ---
+
+    def initiate_connection(self) -> None:
+        self.h2_connection.initiate_connection()
+        extra = self.connection_window - self.h2_connection.inbound_flow_control_window
+        if extra > 0:
+            self.h2_connection.increment_flow_control_window(extra)
+
     def acknowledge_received_data(self, stream_id: int, flow_controlled_length: int) -> None:
+        """Release bytes that never reached the connection's credit (stream and connection)."""
         self.acknowledged_bytes += flow_controlled_length
-        super().acknowledge_received_data(stream_id, flow_controlled_length)
+        self._credit_stream(stream_id, flow_controlled_length)
+        self._credit_connection(flow_controlled_length)
+
+    def message_consumed(self, message: MessageReceived) -> None:
+        """The handler took ``message`` (or nobody ever will): reopen the windows for it."""
+        length = message.flow_controlled_length
+        self.acknowledged_bytes += length
+        self._credit_stream(message.stream_id, length)
+        self._credit_connection(getattr(message, "connection_owed", length))
+
+    def _credit_stream(self, sid: int, length: int) -> None:
+        if length <= 0:
+            return
+        pending = self._stream_pending.get(sid, 0) + length
+        try:
+            if (pending >= self.stream_window // 4
+                    or self.h2_connection.remote_flow_control_window(sid) < self.stream_window // 2):
+                self._stream_pending.pop(sid, None)
+                self.h2_connection.increment_flow_control_window(pending, stream_id=sid)
+            else:
+                self._stream_pending[sid] = pending
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            self._stream_pending.pop(sid, None)  # the stream is over: its window is moot
+
+    def _credit_connection(self, length: int) -> None:
+        if length <= 0:
+            return
+        self._connection_pending += length
+        if (self._connection_pending >= self.connection_window // 4
+                or self.h2_connection.inbound_flow_control_window < self.connection_window // 2):
+            pending, self._connection_pending = self._connection_pending, 0
+            self.h2_connection.increment_flow_control_window(pending)
+
+    def data_to_send(self, amount: int | None = None):
+        """Everything queued for the socket, handed over without a copy."""
+        h2_connection = self.h2_connection
+        if amount is not None:
+            return super().data_to_send(amount)
+        data, h2_connection._data_to_send = h2_connection._data_to_send, bytearray()
+        return data
+
+    def outbound_buffered(self) -> int:
+        """Bytes queued for the socket and not yet taken by the writer."""
+        return len(self.h2_connection._data_to_send)
 
     # --- h2 event translation (synchronous, inside receive_data) ---
 
@@ -145,16 +229,17 @@ class EdgeConnection(GRPCConnection):
 
     def _data_received(self, event):
         sid = event.stream_id
-        self.received_bytes += event.flow_controlled_length
+        length = event.flow_controlled_length
+        self.received_bytes += length
         control = self.calls.get(sid)
         buffer = self.message_read_buffers.get(sid)
         if control is None or buffer is None:
-            self._ack(sid, event.flow_controlled_length)
+            self.acknowledge_received_data(sid, length)
             return []
-        control.unacked += event.flow_controlled_length
+        control.unacked += length
         status = None
         try:
-            buffer.data_received(event.data, event.flow_controlled_length)
+            buffer.data_received(event.data, length)
         except MessageTooLargeError as exc:
             status = Status(
                 StatusCode.RESOURCE_EXHAUSTED,
@@ -164,12 +249,22 @@ class EdgeConnection(GRPCConnection):
         except UnsupportedMessageEncodingError as exc:
             status = Status(StatusCode.UNIMPLEMENTED, str(exc))
         events = []
-        for message, length in buffer.read_all_complete_messages_flowcontrol():
-            control.unacked -= length
-            events.append(MessageReceived(sid, message, length))
+        for message, size in buffer.read_all_complete_messages_flowcontrol():
+            control.unacked -= size
+            already = min(size, control.partial_credited)
+            control.partial_credited -= already
+            events.append(_EdgeMessage(sid, message, size, size - already))
         if status is not None:
             self._discard_input(control)
             control.abort(status)
+        else:
+            # Bytes of a message still incomplete go back to the connection at once: they are
+            # bounded by the stream's window, and holding them could starve other streams.
+            self._credit_connection(control.unacked - control.partial_credited)
+            control.partial_credited = control.unacked
+        unacked = self.unacknowledged_bytes
+        if unacked > self.peak_unacknowledged_bytes:
+            self.peak_unacknowledged_bytes = unacked
         return events
 
     def _stream_reset(self, event):
@@ -182,7 +277,7 @@ class EdgeConnection(GRPCConnection):
     # --- helpers used by the call task ---
 
     def forget(self, sid: int, *, retire: bool) -> None:
-        """The call on ``sid`` is over: drop its state, acknowledge what it left unread.
+        """The call on ``sid`` is over: drop its state, release what it left unread.
 
         Args:
             sid: the stream.
@@ -193,6 +288,7 @@ class EdgeConnection(GRPCConnection):
         if control is not None:
             self._discard_input(control)
         self.message_read_buffers.pop(sid, None)
+        self._stream_pending.pop(sid, None)
         if retire:
             self._retired.add(sid)
 
@@ -204,7 +300,7 @@ class EdgeConnection(GRPCConnection):
             pass
 
     def ack_unread(self, stream: GRPCProtoStream) -> None:
-        """Acknowledge the messages queued for ``stream`` that nobody will read now."""
+        """Release the messages queued for ``stream`` that nobody will read now."""
         receiver = stream._incoming_events[1]
         while True:
             try:
@@ -212,17 +308,16 @@ class EdgeConnection(GRPCConnection):
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             if isinstance(item, MessageReceived):
-                self._ack(stream.stream_id, item.flow_controlled_length)
+                self.message_consumed(item)
 
     def _discard_input(self, control: CallControl) -> None:
         self.message_read_buffers.pop(control.stream_id, None)
         if control.unacked:
-            self._ack(control.stream_id, control.unacked)
-            control.unacked = 0
-
-    def _ack(self, sid: int, length: int) -> None:
-        if length > 0:
-            self.acknowledge_received_data(sid, length)
+            length, owed = control.unacked, control.unacked - control.partial_credited
+            control.unacked = control.partial_credited = 0
+            self.acknowledged_bytes += length
+            self._credit_stream(control.stream_id, length)
+            self._credit_connection(owed)
 
     def _refuse(self, sid: int, status: Status, *, remote_ended: bool) -> None:
         try:
@@ -240,23 +335,79 @@ class EdgeConnection(GRPCConnection):
                 self.ack_unread(stream)
 
 
+_MESSAGE_HEADER = struct.Struct(">?I")
+
+
 class EdgeStream(GRPCProtoStream):
     """A server-side call stream that sends response headers lazily (so an error before the
-    first message is a trailers-only response) and attaches the call's metadata.
+    first message is a trailers-only response), attaches the call's metadata, releases flow
+    control per consumed message, and sends with bounded buffering.
     """
 
     #: The handler's ``request`` object (a ``CallContext``); set by the call task.
     context: Any = None
     #: True while a message is part-way out; a cancel then must reset, not send trailers.
     sending_partial: bool = False
+    #: ``bytes -> message`` used instead of ``ParseFromString`` when set (see ``_calls``).
+    request_decoder: Any = None
 
     async def send_message(self, message) -> None:
         if not self._response_started:
             initial = tuple(self.context.initial_metadata) if self.context is not None else ()
             await self.start_response(custom_metadata=initial)
+        payload = message if isinstance(message, (bytes, bytearray, memoryview)) else (
+            message.SerializeToString()
+        )
         self.sending_partial = True
-        await super().send_message(message)
+        await self._send(payload)
         self.sending_partial = False
+
+    async def _send(self, message, compress=False):
+        if compress:
+            raise ValueError("the edge sends uncompressed messages only")
+        if len(message) > self._grpc_connection.config.max_message_length:
+            raise MessageTooLargeError(
+                f"response message of {len(message)} bytes exceeds the limit of "
+                f"{self._grpc_connection.config.max_message_length}"
+            )
+        connection: EdgeConnection = self._grpc_connection
+        header = _MESSAGE_HEADER.pack(False, len(message))
+        body = memoryview(message)
+        while header or body:
+            await self._socket.wait_for_room()
+            window = connection.flow_control_window(self._stream_id)
+            if window <= 0:
+                await self._wait_flow_control_update()
+                continue
+            if header:
+                head, header = header[:window], header[window:]
+                take = min(window - len(head), len(body))
+                data = head + body[:take] if take else head
+                body = body[take:]
+            else:
+                data, body = body[:window], body[window:]
+            connection.send_data(self._stream_id, data)
+            await self._socket.flush()
+
+    async def _receive(self):
+        event = await self._incoming_events[1].receive()
+        if isinstance(event, MessageReceived):
+            self._grpc_connection.message_consumed(event)
+            await self._socket.flush()
+        elif isinstance(event, (RequestEnded, ResponseEnded)):
+            self._end_stream_event = event
+        else:
+            self._start_stream_event = event
+        return event
+
+    async def receive_event(self):
+        decoder = self.request_decoder
+        if decoder is None:
+            return await super().receive_event()
+        event = await self._receive()
+        if isinstance(event, MessageReceived):
+            event.data = decoder(event.data)
+        return event
 
     async def close(self, status=None, content_type_suffix="", custom_metadata=()):
         if not custom_metadata and self.context is not None:
@@ -271,6 +422,50 @@ class EdgeStream(GRPCProtoStream):
         return self.state in (GRPCStreamState.HALF_CLOSED_LOCAL, GRPCStreamState.CLOSED)
 
 
+class _EdgeSocketWrapper(SocketWrapper):
+    """purerpc's socket writer, telling senders when the send buffer has room again."""
+
+    def __init__(self, grpc_connection: EdgeConnection, stream, *, max_outbound: int) -> None:
+        super().__init__(grpc_connection, stream)
+        self._max_outbound = max_outbound
+        self._in_flight = 0
+        self._room = trio.Event()
+
+    def outbound_bytes(self) -> int:
+        """Bytes waiting in the send buffer plus those the writer is sending now."""
+        return self._in_flight + self._grpc_connection.outbound_buffered()
+
+    async def wait_for_room(self) -> None:
+        """Wait until fewer than ``max_outbound`` bytes wait to be written."""
+        while self._running and self.outbound_bytes() >= self._max_outbound:
+            self._flush_event.set()
+            await self._room.wait()
+
+    def _wake_senders(self) -> None:
+        self._room.set()
+        self._room = trio.Event()
+
+    async def _writer_thread(self):
+        try:
+            while True:
+                data = self._grpc_connection.data_to_send()
+                if data:
+                    self._in_flight = len(data)
+                    try:
+                        await self._stream.send(data)
+                    finally:
+                        self._in_flight = 0
+                    self._wake_senders()
+                elif self._running:
+                    await self._flush_event.wait()
+                    self._flush_event = anyio.Event()
+                else:
+                    return
+        finally:
+            self._running = False
+            self._wake_senders()
+
+
 class EdgeSocket(GRPCProtoSocket):
     """purerpc's server socket driving an :class:`EdgeConnection` and :class:`EdgeStream`\\ s.
 
@@ -278,21 +473,35 @@ class EdgeSocket(GRPCProtoSocket):
         config: purerpc configuration (server side).
         stream: the byte stream (see :class:`TrioStreamAdapter`).
         max_concurrent_streams: advertised SETTINGS_MAX_CONCURRENT_STREAMS.
+        connection_window: the connection-level receive window in bytes.
+        max_outbound_buffer: bytes of frames that may wait for the socket before senders wait.
     """
 
     StreamClass = EdgeStream
 
-    def __init__(self, config: GRPCConfiguration, stream, *, max_concurrent_streams: int) -> None:
+    def __init__(
+        self, config: GRPCConfiguration, stream, *, max_concurrent_streams: int,
+        connection_window: int = 32 << 20, max_outbound_buffer: int = 4 << 20,
+    ) -> None:
         super().__init__(config, stream)
         # purerpc builds a plain GRPCConnection in __init__; swap in ours before anything runs.
-        self._grpc_connection = EdgeConnection(config, max_concurrent_streams=max_concurrent_streams)
-        self._socket = SocketWrapper(self._grpc_connection, stream)
+        self._grpc_connection = EdgeConnection(
+            config, max_concurrent_streams=max_concurrent_streams,
+            connection_window=connection_window,
+        )
+        self._socket = _EdgeSocketWrapper(
+            self._grpc_connection, stream, max_outbound=max_outbound_buffer
+        )
         self._grpc_connection.stream_registry = self._streams
 
     @property
     def connection(self) -> EdgeConnection:
         """The connection state machine."""
         return self._grpc_connection
+
+    def outbound_bytes(self) -> int:
+        """Bytes of frames waiting for (or being written to) the socket."""
+        return self._socket.outbound_bytes()
 
     async def flush(self) -> None:
         """Wake the writer so queued frames go out."""

@@ -22,8 +22,9 @@ Invariants:
   ``^[0-9a-f]{32}$``.
 - An upload file's size is the number of bytes durably received: an append either extends it by
   all its bytes and fsyncs before returning, or truncates it back to its old size.
-- Memory is bounded whatever the size: a write holds at most one batch (``batch_size`` plus one
-  chunk), a read one chunk of at most ``chunk_size`` bytes.
+- Memory is bounded whatever the size: a write holds at most two batches (``batch_size`` plus
+  one chunk each: one being hashed and written by a worker thread while the next arrives), a
+  read one chunk of at most ``chunk_size`` bytes.
 - File I/O runs in worker threads (``trio.to_thread.run_sync``), which are never abandoned, so a
   cancelled operation has finished its current step before the cleanup runs.
 - ``OSError`` with ``ENOSPC`` becomes :class:`StorageFullError`, any other :class:`StorageIOError`,
@@ -33,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pathlib
@@ -40,6 +42,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import attrs
 import trio
@@ -53,7 +56,14 @@ from ._errors import (
     OutOfRangeError,
     StorageIOError,
 )
-from ._faults import DiskSteps, FaultInjector, run_io, unlink_existing, unlink_quietly
+from ._faults import (
+    DiskSteps,
+    FaultInjector,
+    run_io,
+    storage_error,
+    unlink_existing,
+    unlink_quietly,
+)
 
 __all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
 
@@ -89,6 +99,49 @@ def _check_count(value: int | None, name: str) -> None:
 def _sorted_subdirs(directory: pathlib.Path) -> list[str]:
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+
+class _Job:
+    """A blocking disk step started in a worker thread now, its result collected later.
+
+    The thread is never abandoned: :meth:`result` and :meth:`finished` wait for it even when
+    cancelled (the cancellation takes effect right after), like :func:`run_io`.
+    """
+
+    def __init__(self, what: str, fn: Callable[..., object], *args: object) -> None:
+        self._what = what
+        self._done = trio.Event()
+        self._outcome: Any = None
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: Any) -> None:
+            token.run_sync_soon(self._finish, result)
+
+        trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
+
+    def _finish(self, result: Any) -> None:
+        self._outcome = result
+        self._done.set()
+
+    async def finished(self) -> None:
+        """Wait until the step has run (its error, if any, is dropped)."""
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
+
+    async def result(self) -> object:
+        """Wait for the step and return its value.
+
+        Raises:
+            StorageFullError, StorageIOError: the step raised ``OSError``.
+            Whatever else the step raised, unchanged.
+        """
+        await self.finished()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        assert self._outcome is not None
+        try:
+            return self._outcome.unwrap()
+        except OSError as err:
+            raise storage_error(err, self._what) from err
 
 
 @attrs.define
@@ -354,6 +407,7 @@ class BlobStore:
         part = self._tmp_dir / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
         self._active_parts.add(part.name)
         fd: int | None = None
+        job: _Job | None = None
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
             fd = await run_io("creating a temp file", os.open, part, flags, 0o600)
@@ -370,8 +424,14 @@ class BlobStore:
                     raise InvalidArgumentError(f"content exceeds its declared size {expected_size}")
                 batch.append(chunk)
                 if size - flushed >= self.batch_size:
-                    await run_io(what, self._disk.write_batch, fd, hasher, batch, flushed)
+                    # Hash and write this batch in a worker thread while the next one arrives.
+                    if job is not None:
+                        await job.result()
+                    job = _Job(what, self._disk.write_batch, fd, hasher, batch, flushed)
                     batch, flushed = [], size
+            if job is not None:
+                await job.result()
+                job = None
             if batch:
                 await run_io(what, self._disk.write_batch, fd, hasher, batch, flushed)
             if expected_size is not None and size != expected_size:
@@ -387,6 +447,8 @@ class BlobStore:
             return await self._publish(part, digest, size)
         except BaseException:
             with trio.CancelScope(shield=True):
+                if job is not None:
+                    await job.finished()
                 if fd is not None:
                     os.close(fd)
                 await trio.to_thread.run_sync(unlink_quietly, part)

@@ -40,6 +40,10 @@ _T = TypeVar("_T")
 FaultStep = Literal["write", "fsync", "rename", "dir_fsync", "unlink"]
 """The steps at which a fault can be injected."""
 
+#: ``os.sync_file_range`` and its "start writeback" flag, where the platform has them.
+_SYNC_FILE_RANGE = getattr(os, "sync_file_range", None)
+_SYNC_WRITE = getattr(os, "SYNC_FILE_RANGE_WRITE", 0)
+
 _STEPS: frozenset[str] = frozenset({"write", "fsync", "rename", "dir_fsync", "unlink"})
 
 
@@ -179,11 +183,17 @@ class DiskSteps:
             offset += written
 
     def write_batch(self, fd: int, hasher: Any, batch: list[bytes], offset: int) -> None:
-        """Write the chunks of ``batch`` one after another from ``offset``, hashing each."""
+        """Write the chunks of ``batch`` one after another from ``offset``, hashing each; then
+        (when fsyncing, on Linux) start the kernel's writeback of those bytes, so the final
+        fsync finds little left to do. Durability still comes only from that fsync."""
+        start = offset
         for chunk in batch:
             self.write_at(fd, chunk, offset)
             hasher.update(chunk)
             offset += len(chunk)
+        if self.fsync and _SYNC_FILE_RANGE is not None and offset > start:
+            with contextlib.suppress(OSError):
+                _SYNC_FILE_RANGE(fd, start, offset - start, _SYNC_WRITE)
 
     def fsync_fd(self, fd: int) -> None:
         """fsync an open file."""

@@ -373,6 +373,17 @@ class Storage:
         )
         return DeleteResult(version, marker)
 
+    def check_page_token(self, page_token: str) -> None:
+        """Check that a page token is empty or one this server issued (format and signature
+        only; which listing it belongs to is checked when it is used). Pure and cheap, so the
+        RPC layer runs it before authorization (INVALID_ARGUMENT beats PERMISSION_DENIED).
+
+        Raises:
+            InvalidArgumentError: a token this server did not issue.
+        """
+        if page_token:
+            self._tokens.verify(page_token)
+
     def _page_context(self, kind: str, tenant: str, bucket: str, prefix: str, delim: str) -> dict:
         return {"k": kind, "t": tenant, "b": bucket, "p": prefix, "d": delim}
 

@@ -307,16 +307,18 @@ class PageTokenCodec:
         ).encode("utf-8")
         return f"{_TOKEN_VERSION}.{_b64e(payload)}.{_b64e(self._mac(payload))}"
 
-    def decode(self, token: str, context: Mapping[str, Any]) -> Any:
-        """Check a token and return its position.
+    def verify(self, token: str) -> dict[str, Any]:
+        """Check that a token is well formed and was issued with this secret, whatever listing
+        it belongs to (pure: no context, no data; callers may run it before authorization).
 
         Args:
             token: the client's token (non-empty).
-            context: the context of the listing it is used for.
+
+        Returns:
+            The token's payload: ``{"c": context, "p": position}``.
 
         Raises:
-            InvalidArgumentError: malformed, not issued with this secret, or issued for a
-                different listing.
+            InvalidArgumentError: malformed or not issued with this secret.
         """
         bad = InvalidArgumentError("invalid page token")
         if not isinstance(token, str):
@@ -335,7 +337,24 @@ class PageTokenCodec:
             decoded = json.loads(payload)
         except ValueError:
             raise bad from None
-        want = json.loads(json.dumps(dict(context), sort_keys=True))
-        if not isinstance(decoded, dict) or decoded.get("c") != want or "p" not in decoded:
+        if not isinstance(decoded, dict) or "c" not in decoded or "p" not in decoded:
             raise bad
+        return decoded
+
+    def decode(self, token: str, context: Mapping[str, Any]) -> Any:
+        """Check a token (as :meth:`verify` does) and that it belongs to the listing described
+        by ``context``; return its position.
+
+        Args:
+            token: the client's token (non-empty).
+            context: the context of the listing it is used for.
+
+        Raises:
+            InvalidArgumentError: malformed, not issued with this secret, or issued for a
+                different listing.
+        """
+        decoded = self.verify(token)
+        want = json.loads(json.dumps(dict(context), sort_keys=True))
+        if decoded["c"] != want:
+            raise InvalidArgumentError("invalid page token")
         return decoded["p"]
