@@ -83,11 +83,15 @@ class Blocker(FaultInjector):
             self._block()
 
 
-async def _stream(data: bytes, *, stop_after: int | None = None):
+async def _stream(data: bytes, *, stop_after: int | None = None, temp_dir: Path | None = None):
     for offset in range(0, len(data), 256 << 10):
         if stop_after is not None and offset >= stop_after:
-            # Every batch before this offset has been written: the blob writer asks for the
-            # next chunk only after flushing a full batch.
+            # The writer hashes and writes one batch while the next arrives, so wait (bounded)
+            # until at least 1 MiB of this put is in its temp file before the parent kills us.
+            for _ in range(3000):
+                if sum(p.stat().st_size for p in temp_dir.glob("*.part")) >= 1 << 20:
+                    break
+                await trio.sleep(0.01)
             signal("READY")
             await trio.sleep_forever()
         yield data[offset:offset + (256 << 10)]
@@ -120,7 +124,7 @@ async def child(data_dir: Path, point: str) -> None:
         signal("STATE " + json.dumps(state))
 
         if point == "mid-stream":
-            await s.put_object("acme", "flat", "victim", _stream(victim, stop_after=3 * MiB // 2))
+            await s.put_object("acme", "flat", "victim", _stream(victim, stop_after=3 * MiB // 2, temp_dir=data_dir / "tmp"))
         elif point in ("after-fsync", "after-rename", "after-commit"):
             blocker.at = {"after-fsync": "rename", "after-rename": "dir_fsync_after_rename",
                           "after-commit": "unlink"}[point]

@@ -393,3 +393,21 @@ async def test_inline_reads_can_be_turned_off(writer: m.MetadataWriter) -> None:
         assert reader._inline_conn is None
     finally:
         reader.close()
+
+
+def test_read_object_names_what_is_missing(writer: m.MetadataWriter) -> None:
+    """read_object finds only its own tenant's bucket, key and version, and says which is missing."""
+    writer.apply(m.CreateTenant("other", None, 1.0))
+    writer.apply(m.CreateBucket("other", "bkt", True, 1.0))
+    first = put(writer, b"k", D1, 10)
+    put(writer, b"j", D2, 20)
+    assert read(writer, q.read_object, "acme", "bkt", b"k", None).version_id == first.version_id
+    assert read(writer, q.read_object, "acme", "bkt", b"k", first.version_id).size == 10
+    with pytest.raises(NotFoundError, match="bucket"):
+        read(writer, q.read_object, "acme", "nope", b"k", None)
+    with pytest.raises(NotFoundError, match="object"):
+        read(writer, q.read_object, "other", "bkt", b"k", None)
+    with pytest.raises(NotFoundError, match="version"):
+        read(writer, q.read_object, "acme", "bkt", b"j", first.version_id)
+    with pytest.raises(NotFoundError, match="bucket"):
+        read(writer, q.read_object, "nobody", "bkt", b"k", None)

@@ -261,7 +261,8 @@ def object_from_row(bucket: str, row: Sequence[Any]) -> ObjectInfo:
     seq, key, version_id, latest, marker, digest, size, ctype, meta, modified = row
     return ObjectInfo(
         bucket=bucket, key=bytes(key).decode("utf-8"), version_id=version_id, size=size,
-        etag=digest or "", content_type=ctype, user_metadata=json.loads(meta),
+        etag=digest or "", content_type=ctype,
+        user_metadata={} if meta == "{}" else json.loads(meta),
         last_modified=modified, is_latest=bool(latest), delete_marker=bool(marker), seq=seq,
     )
 
@@ -336,6 +337,16 @@ def read_bucket(conn: sqlite3.Connection, tenant: str, name: str) -> BucketInfo:
     return BucketInfo(name, bool(row[0]), row[1])
 
 
+# One statement finds the tenant, the bucket and the object (all through unique indexes).
+_OBJECT_FROM_SQL = (
+    "SELECT " + ", ".join("o." + c.strip() for c in OBJECT_COLUMNS.split(","))
+    + " FROM tenants t JOIN buckets b ON b.tenant_id = t.id"
+    " JOIN object_versions o ON o.bucket_id = b.id WHERE t.name = ? AND b.name = ? AND o.key = ?"
+)
+_OBJECT_LATEST_SQL = _OBJECT_FROM_SQL + " AND o.latest = 1"
+_OBJECT_VERSION_SQL = _OBJECT_FROM_SQL + " AND o.version_id = ?"
+
+
 def read_object(
     conn: sqlite3.Connection, tenant: str, bucket: str, key: bytes, version_id: str | None
 ) -> ObjectInfo:
@@ -345,20 +356,12 @@ def read_object(
         NotFoundError: no bucket, no such key or version, the key's latest version is a delete
             marker (without ``version_id``), or ``version_id`` names a delete marker.
     """
-    bid, _ = bucket_row(conn, tenant, bucket)
     if version_id:
-        row = conn.execute(
-            f"SELECT {OBJECT_COLUMNS} FROM object_versions "
-            "WHERE bucket_id = ? AND key = ? AND version_id = ?",
-            (bid, key, version_id),
-        ).fetchone()
+        row = conn.execute(_OBJECT_VERSION_SQL, (tenant, bucket, key, version_id)).fetchone()
     else:
-        row = conn.execute(
-            f"SELECT {OBJECT_COLUMNS} FROM object_versions "
-            "WHERE bucket_id = ? AND key = ? AND latest = 1",
-            (bid, key),
-        ).fetchone()
+        row = conn.execute(_OBJECT_LATEST_SQL, (tenant, bucket, key)).fetchone()
     if row is None or row[4]:
+        bucket_row(conn, tenant, bucket)  # a missing bucket (or tenant) says so
         what = f"version {version_id!r}" if version_id else "object"
         raise NotFoundError(f"{what} of {key.decode('utf-8')!r} does not exist")
     return object_from_row(bucket, row)
