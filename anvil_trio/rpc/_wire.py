@@ -17,9 +17,11 @@ Invariants:
   not shrink any window. A stream's window reopens only by released bytes, so a stream holds at
   most its window (``2 x max_message_length``) of received, unconsumed bytes. The connection
   window (``connection_window`` bytes, not purerpc's 1 GiB) reopens by released bytes too, and
-  also by the bytes of a message still incomplete (bounded per stream by the stream window), so
-  complete, unconsumed messages on one connection never exceed ``connection_window`` while a
-  message half-arrived on one stream can never starve the others. WINDOW_UPDATEs go out once a
+  also by the bytes of a message still incomplete, so a message half-arrived on one stream, or a
+  handler that stopped reading, can never starve the other streams of the connection. The
+  memory bound is therefore per stream: a connection holds at most ``max_concurrent_streams x
+  stream window`` of request bytes (the liveness-first trade-off HTTP/2 servers such as
+  grpc-go make); ``connection_window`` only paces the sender. WINDOW_UPDATEs go out once a
   quarter of a window is pending, or at once when the window is empty.
 * Outgoing bytes are bounded too: a stream adds a DATA frame to the connection's send buffer
   only while fewer than ``max_outbound_buffer`` bytes wait there (or are being written), and
