@@ -55,8 +55,8 @@ from ._store import (
     Storage,
     StorageConfig,
     UploadState,
-    run_storage,
 )
+from ._run import run_storage
 from ._validation import (
     PageTokenCodec,
     format_blob_key,

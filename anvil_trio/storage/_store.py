@@ -1,4 +1,4 @@
-"""The storage façade: the async, tenant-scoped API the RPC layer calls, and its supervision.
+"""The storage façade: the async, tenant-scoped API the RPC layer calls (run by ``_run``).
 
 Invariants:
 
@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import pathlib
 import secrets
-import time
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from .._schedule import Schedule
 from ..actors import (
     ActorRef,
     ActorStoppedError,
     ActorUnavailableError,
     AskTimeoutError,
-    ChildSpec,
     Supervisor,
     SupervisorStats,
 )
@@ -57,8 +54,6 @@ from ._errors import (
     StorageIOError,
     StorageUnavailableError,
 )
-from ._faults import FaultInjector
-from ._lock import DataDirLock
 from ._queries import (
     AppInfo,
     BlobInfo,
@@ -74,8 +69,7 @@ from ._queries import (
     UploadInfo,
     UploadState,
 )
-from ._reaper import REAPER_CHILD, ReaperActor, ReaperState, ReapNow, ReapReport
-from ._reaper import supervise_with_reaper
+from ._reaper import REAPER_CHILD, ReapNow, ReapReport
 
 __all__ = [
     "CompletedUpload",
@@ -86,7 +80,6 @@ __all__ = [
     "Storage",
     "StorageConfig",
     "UploadState",
-    "run_storage",
 ]
 
 DB_NAME = "meta.sqlite3"
@@ -192,6 +185,10 @@ class Storage:
         the data dir (so another ``run_storage`` may open it at once)."""
         await self._supervisor.stop(grace=grace)
         await self._finished.wait()
+
+    def _mark_finished(self) -> None:
+        """Called by :func:`~._run.run_storage` once it has released the data dir."""
+        self._finished.set()
 
     # -- tenants, apps, grants (used by the auth layer and the admin CLI)
 
@@ -671,88 +668,3 @@ class Storage:
             return await self._supervisor.ref(REAPER_CHILD).ask(ReapNow(), timeout=None)
         except (ActorUnavailableError, ActorStoppedError) as exc:
             raise StorageUnavailableError("the reaper is unavailable; retry shortly") from exc
-
-
-async def run_storage(
-    config: StorageConfig | pathlib.Path | str, *,
-    clock: Callable[[], float] = time.time,
-    fault_injector: FaultInjector | None = None,
-    reaper_schedule: Schedule | None = None,
-    task_status: trio.TaskStatus[Storage] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the storage supervisor (metadata actor, then reaper) until stopped or cancelled.
-
-    Storage is reported ready only after the reaper's start-up pass removed what an earlier
-    crash left (temp files, unreferenced blob files, expired and orphan uploads).
-
-    Use as ``storage = await nursery.start(run_storage, config)``.
-
-    Args:
-        config: a :class:`StorageConfig`, or just the data dir (defaults for the rest).
-        clock: wall-clock seconds for timestamps and upload expiry.
-        fault_injector: passed to the :class:`BlobStore` (tests).
-        reaper_schedule: when periodic reaper passes run (default
-            ``Schedule.spaced(config.reaper_interval)``).
-
-    Raises:
-        StorageError: the database cannot be used (e.g. written by a newer version); raised
-            before ``task_status.started``, after migrating nothing.
-        DataDirInUseError: another storage process holds the data dir (see ``_lock``).
-        SupervisorEscalationError: the metadata actor or the reaper kept crashing (the last
-            crash is the ``__cause__``), also when the start-up pass keeps failing.
-    """
-    if not isinstance(config, StorageConfig):
-        config = StorageConfig(data_dir=config)
-    data_dir = config.data_dir
-    db_path = data_dir / DB_NAME
-    with DataDirLock(data_dir):
-        await _run_locked(config, db_path, clock, fault_injector, reaper_schedule, task_status)
-
-
-async def _run_locked(
-    config: StorageConfig, db_path: pathlib.Path, clock: Callable[[], float],
-    fault_injector: FaultInjector | None, reaper_schedule: Schedule | None,
-    task_status: trio.TaskStatus[Storage],
-) -> None:
-    data_dir = config.data_dir
-    # Migrate once, here: a fatal schema problem is raised, not retried by the supervisor.
-    secret = await trio.to_thread.run_sync(_prepare, data_dir, db_path)
-    blobs = BlobStore(data_dir, fsync=config.fsync, fault_injector=fault_injector)
-    reaper_state = ReaperState(temp_max_age=config.temp_max_age)
-    supervisor = Supervisor(
-        [ChildSpec("metadata", lambda: m.MetadataActor(db_path, blobs)),
-         ChildSpec(REAPER_CHILD, lambda: ReaperActor(storage, reaper_state), mailbox_size=4)],
-        intensity=config.restart_intensity, period=config.restart_period, name="storage",
-    )
-    reader = MetadataReader(db_path, max_connections=config.read_connections)
-    storage = Storage(
-        config, metadata=supervisor.ref("metadata"), reader=reader, blobs=blobs,
-        token_secret=secret, clock=clock, supervisor=supervisor,
-    )
-    try:
-        schedule = reaper_schedule or Schedule.spaced(config.reaper_interval)
-        await supervise_with_reaper(
-            supervisor, schedule, task_status=_StartedWith(task_status, storage)
-        )
-    finally:
-        reader.close()
-        storage._finished.set()
-
-
-def _prepare(data_dir: pathlib.Path, db_path: pathlib.Path) -> bytes:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    writer = m.MetadataWriter(db_path)
-    try:
-        return q.read_setting(writer.conn, "page_token_secret")
-    finally:
-        writer.close()
-
-
-@attrs.frozen
-class _StartedWith:
-    """Relays the supervisor's ``started()`` to our caller, handing over the Storage."""
-    task_status: trio.TaskStatus[Storage]
-    value: Storage
-
-    def started(self, _value: object = None) -> None:
-        self.task_status.started(self.value)
