@@ -337,6 +337,52 @@ async def test_cancellation_mid_write_leaves_nothing(
     assert_nothing_left(tmp_path)
 
 
+@attrs.define
+class HoldWrite(FaultInjector):
+    """An injector that parks the second batch's write in its worker thread until released."""
+
+    entered: threading.Event = attrs.field(factory=threading.Event)
+    proceed: threading.Event = attrs.field(factory=threading.Event)
+
+    def before_write(self, offset: int, length: int) -> None:
+        if offset >= MiB:
+            self.entered.set()
+            self.proceed.wait(30)
+        super().before_write(offset, length)
+
+
+async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> None:
+    """Cancelling a write whose batch is mid-write in a worker thread waits for that thread
+    (and the batch's hashing thread), then removes the part file."""
+    hook = HoldWrite()
+    store = BlobStore(tmp_path, fault_injector=hook)
+    finished = trio.Event()
+
+    async def two_then_stall():
+        yield b"z" * MiB
+        yield b"w" * MiB  # its batch is handed to the threads, then the source stalls
+        await trio.sleep_forever()
+
+    async def writer() -> None:
+        try:
+            await store.write(two_then_stall())
+        finally:
+            finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.to_thread.run_sync(hook.entered.wait)
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(0.2):  # the writer must still be waiting for its thread
+                await finished.wait()
+            assert not finished.is_set()
+            assert len(files_under(tmp_path / "tmp")) == 1
+            hook.proceed.set()
+            await finished.wait()
+    assert_nothing_left(tmp_path)
+
+
 # -- pins and deletion -------------------------------------------------------------------------
 
 

@@ -23,8 +23,9 @@ Invariants:
 - An upload file's size is the number of bytes durably received: an append either extends it by
   all its bytes and fsyncs before returning, or truncates it back to its old size.
 - Memory is bounded whatever the size: a write holds at most two batches (``batch_size`` plus
-  one chunk each: one being hashed and written by a worker thread while the next arrives), a
-  read one chunk of at most ``chunk_size`` bytes.
+  one chunk each: one being written by one worker thread and hashed by another at the same
+  time, while the next arrives), a read one chunk of at most ``chunk_size`` bytes. Batches are
+  written and hashed in order: the next batch's threads start only after both have finished.
 - File I/O runs in worker threads (``trio.to_thread.run_sync``), which are never abandoned, so a
   cancelled operation has finished its current step before the cleanup runs.
 - ``OSError`` with ``ENOSPC`` becomes :class:`StorageFullError`, any other :class:`StorageIOError`,
@@ -59,6 +60,7 @@ from ._errors import (
 from ._faults import (
     DiskSteps,
     FaultInjector,
+    hash_batch,
     run_io,
     storage_error,
     unlink_existing,
@@ -407,13 +409,26 @@ class BlobStore:
         part = self._tmp_dir / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
         self._active_parts.add(part.name)
         fd: int | None = None
-        job: _Job | None = None
+        jobs: list[_Job] = []  # the write and the hash of the batch in flight
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
             fd = await run_io("creating a temp file", os.open, part, flags, 0o600)
             hasher, what = hashlib.sha256(), "writing a blob"
             size = flushed = 0
             batch: list[bytes] = []
+
+            async def settle() -> None:
+                # Both jobs must finish before the next batch starts (in-order hashing and
+                # writing; at most two batches held). On error the handler below waits for
+                # whichever job is still running.
+                for job in jobs:
+                    await job.result()
+                jobs.clear()
+
+            def start(out: int, pending: list[bytes], offset: int) -> None:
+                jobs.append(_Job(what, self._disk.write_batch, out, pending, offset))
+                jobs.append(_Job(what, hash_batch, hasher, pending))
+
             async for chunk in chunks:
                 if not chunk:
                     continue
@@ -424,16 +439,14 @@ class BlobStore:
                     raise InvalidArgumentError(f"content exceeds its declared size {expected_size}")
                 batch.append(chunk)
                 if size - flushed >= self.batch_size:
-                    # Hash and write this batch in a worker thread while the next one arrives.
-                    if job is not None:
-                        await job.result()
-                    job = _Job(what, self._disk.write_batch, fd, hasher, batch, flushed)
+                    # Write and hash this batch in two worker threads while the next arrives.
+                    await settle()
+                    start(fd, batch, flushed)
                     batch, flushed = [], size
-            if job is not None:
-                await job.result()
-                job = None
+            await settle()
             if batch:
-                await run_io(what, self._disk.write_batch, fd, hasher, batch, flushed)
+                start(fd, batch, flushed)
+                await settle()
             if expected_size is not None and size != expected_size:
                 raise InvalidArgumentError(
                     f"content has {size} bytes, not its declared size {expected_size}"
@@ -447,7 +460,7 @@ class BlobStore:
             return await self._publish(part, digest, size)
         except BaseException:
             with trio.CancelScope(shield=True):
-                if job is not None:
+                for job in jobs:
                     await job.finished()
                 if fd is not None:
                     os.close(fd)

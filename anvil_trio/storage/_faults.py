@@ -24,9 +24,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as errno_module
 import os
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -40,9 +42,27 @@ _T = TypeVar("_T")
 FaultStep = Literal["write", "fsync", "rename", "dir_fsync", "unlink"]
 """The steps at which a fault can be injected."""
 
-#: ``os.sync_file_range`` and its "start writeback" flag, where the platform has them.
-_SYNC_FILE_RANGE = getattr(os, "sync_file_range", None)
-_SYNC_WRITE = getattr(os, "SYNC_FILE_RANGE_WRITE", 0)
+#: ``SYNC_FILE_RANGE_WRITE`` of Linux ``<fcntl.h>``: start writeback of dirty pages, no wait.
+_SYNC_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` on Linux (the ``os`` module has no wrapper), else None.
+
+    Called through ctypes, which releases the GIL; its return value is ignored (it is only a
+    hint to start writeback early, durability comes from the fsync)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
 
 _STEPS: frozenset[str] = frozenset({"write", "fsync", "rename", "dir_fsync", "unlink"})
 
@@ -155,6 +175,13 @@ def unlink_quietly(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def hash_batch(hasher: Any, batch: list[bytes]) -> None:
+    """Feed the chunks of ``batch`` to ``hasher`` in order (``hashlib`` releases the GIL on
+    large inputs, so this overlaps with a write in another thread)."""
+    for chunk in batch:
+        hasher.update(chunk)
+
+
 @attrs.frozen
 class DiskSteps:
     """Blocking file operations, each announced to ``faults`` first (call from worker threads).
@@ -182,18 +209,17 @@ class DiskSteps:
             view = view[written:]
             offset += written
 
-    def write_batch(self, fd: int, hasher: Any, batch: list[bytes], offset: int) -> None:
-        """Write the chunks of ``batch`` one after another from ``offset``, hashing each; then
-        (when fsyncing, on Linux) start the kernel's writeback of those bytes, so the final
-        fsync finds little left to do. Durability still comes only from that fsync."""
+    def write_batch(self, fd: int, batch: list[bytes], offset: int) -> None:
+        """Write the chunks of ``batch`` one after another from ``offset``; then (when fsyncing,
+        on Linux) start the kernel's writeback of those bytes, so the final fsync finds little
+        left to do. Durability still comes only from that fsync. Hashing is separate
+        (:func:`hash_batch`), so the two can run at once in different threads."""
         start = offset
         for chunk in batch:
             self.write_at(fd, chunk, offset)
-            hasher.update(chunk)
             offset += len(chunk)
         if self.fsync and _SYNC_FILE_RANGE is not None and offset > start:
-            with contextlib.suppress(OSError):
-                _SYNC_FILE_RANGE(fd, start, offset - start, _SYNC_WRITE)
+            _SYNC_FILE_RANGE(fd, start, offset - start, _SYNC_WRITE)
 
     def fsync_fd(self, fd: int) -> None:
         """fsync an open file."""
