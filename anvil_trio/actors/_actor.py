@@ -229,11 +229,8 @@ class ActorRef:
         try:
             await incarnation.send.send(_Envelope(message, None))
         except _SEND_FAILED:
-            pass
-        else:
-            self._slot.note_sent(incarnation)
-            return
-        raise incarnation.rejected()
+            raise incarnation.rejected() from None
+        self._slot.note_sent(incarnation)
 
     def tell_nowait(self, message: Any) -> None:
         """Like :meth:`tell`, but never waits.
@@ -247,11 +244,8 @@ class ActorRef:
         try:
             incarnation.send.send_nowait(_Envelope(message, None))
         except _SEND_FAILED:
-            pass
-        else:
-            self._slot.note_sent(incarnation)
-            return
-        raise incarnation.rejected()
+            raise incarnation.rejected() from None
+        self._slot.note_sent(incarnation)
 
     async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Send ``message`` and wait for the reply (over a one-shot channel).

@@ -100,7 +100,7 @@ class _StopRequested:
 
 @attrs.frozen
 class _GraceExpired:
-    pass
+    """Marks that a stop's grace period ran out (children still running are cancelled)."""
 
 
 @attrs.define(eq=False)

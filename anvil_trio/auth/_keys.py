@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -303,9 +304,8 @@ def load_or_create_keyring(path: str | os.PathLike[str], *, now: float | None = 
         return load_keyring(path)
     tmp = _write_temp(path, KeyRing.generate(now=now))
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
+        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
