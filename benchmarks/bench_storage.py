@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -35,31 +34,14 @@ import time
 import trio
 
 from anvil_trio.storage import Storage, StorageConfig, run_storage
-
-MiB = 1 << 20
-_BLOCK = os.urandom(MiB)
+from _baselines import chunk, raw_read, raw_write
 
 
-def chunk(run: int, index: int) -> bytes:
-    """A 1 MiB chunk unique to (run, index)."""
-    return run.to_bytes(8, "big") + index.to_bytes(8, "big") + _BLOCK[16:]
 
 
-def raw_write(path: pathlib.Path, mib: int, run: int) -> float:
-    start = time.perf_counter()
-    with open(path, "wb", buffering=0) as f:
-        for i in range(mib):
-            f.write(chunk(run, i))
-        os.fsync(f.fileno())
-    return time.perf_counter() - start
 
 
-def raw_read(path: pathlib.Path) -> float:
-    start = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.read(MiB):
-            pass
-    return time.perf_counter() - start
+
 
 
 async def put(s: Storage, key: str, mib: int, run: int) -> float:
