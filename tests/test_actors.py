@@ -125,6 +125,57 @@ async def test_ask_returns_reply_and_messages_are_handled_in_order(autojump_cloc
         await sup.stop()
 
 
+class FollowsUp(Counter):
+    """Does slow follow-up work after each Add: waits for ``gate``, then may crash."""
+
+    def __init__(self, gate: trio.Event, journal: Journal) -> None:
+        super().__init__(journal)
+        self.gate = gate
+        self.pending: list[int] = []
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Add):
+            self.pending.append(message.amount)
+        return await super().receive(message)
+
+    async def after_reply(self) -> None:
+        pending, self.pending = self.pending, []
+        for amount in pending:
+            await self.gate.wait()
+            if amount < 0:
+                raise RuntimeError("follow-up failed")
+            self.journal.events.append(f"followed up {amount}")
+
+
+async def test_after_reply_runs_after_the_answer_and_before_the_next_message(
+    autojump_clock: Any,
+) -> None:
+    """The asker has its reply while after_reply still works; the next message waits for it; a
+    failure there crashes the actor (and the supervisor restarts it)."""
+    gate, journal = trio.Event(), Journal()
+    async with trio.open_nursery() as nursery:
+        sup, ref = await start(nursery, lambda: FollowsUp(gate, journal))
+        assert await ref.ask(Add(4)) == 4
+        assert "followed up 4" not in journal.events  # answered before the follow-up
+        got: list[int] = []
+
+        async def get() -> None:
+            got.append(await ref.ask(Get(), timeout=100))
+
+        nursery.start_soon(get)
+        await trio.sleep(5)
+        assert got == [] and sup.statistics().child("c").mailbox_depth == 1
+        gate.set()
+        await trio.sleep(0.1)
+        assert got == [4] and journal.events[-1] == "followed up 4"
+        assert await ref.ask(Add(-1)) == 3  # answered; then after_reply crashes
+        await trio.sleep(2)  # past the 1 s backoff
+        stats = sup.statistics().child("c")
+        assert (stats.crashes, stats.restarts) == (1, 1)
+        assert await ref.ask(Get()) == 0  # a fresh incarnation
+        await sup.stop()
+
+
 async def test_reply_error_reaches_asker_without_crash(autojump_clock: Any) -> None:
     """A reply_errors exception is raised at the asker and the actor keeps its state."""
     async with trio.open_nursery() as nursery:

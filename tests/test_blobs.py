@@ -13,6 +13,7 @@ import time
 import attrs
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -675,3 +676,51 @@ async def test_any_chunking_same_digest(data: bytes, cuts: list[int], chunk_size
             got = [chunk async for chunk in reader]
         assert all(len(c) <= chunk_size for c in got)
         assert b"".join(got) == data
+
+
+# -- the write pipeline ------------------------------------------------------------------------
+
+
+class _HeldWrites(FaultInjector):
+    """Holds every file write until ``release`` is set."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def before_write(self, offset: int, length: int) -> None:
+        self.release.wait(30)
+
+
+async def test_write_takes_at_most_pipeline_depth_plus_one_batches_ahead_of_the_disk(
+    tmp_path: pathlib.Path,
+) -> None:
+    """While the disk is stuck, a write pulls only pipeline_depth + 1 batches from its source
+    (its memory bound); once the disk moves the rest follows and the blob is exact."""
+    release = threading.Event()
+    store = BlobStore(tmp_path, batch_size=10, pipeline_depth=2, fsync=False,
+                      fault_injector=_HeldWrites(release))
+    pulled: list[bytes] = []
+
+    async def source():
+        for index in range(20):
+            chunk = bytes([index]) * 10
+            pulled.append(chunk)
+            yield chunk
+
+    async with trio.open_nursery() as nursery:
+        written: list = []
+
+        async def write() -> None:
+            written.append(await store.write(source()))
+
+        nursery.start_soon(write)
+        with trio.fail_after(30):
+            while len(pulled) < 3:
+                await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()  # the write now waits for the disk
+        assert len(pulled) == 3
+        release.set()
+    with written[0] as blob:
+        assert blob.digest == sha(b"".join(pulled)) and len(pulled) == 20
+        assert store.blob_path(blob.digest).read_bytes() == b"".join(pulled)

@@ -3,8 +3,10 @@ file and the real BlobStore under tmp_path, with the metadata actor under its su
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from anvil_trio.storage import (
     AlreadyExistsError,
     ChecksumMismatchError,
     FailedPreconditionError,
+    FaultInjector,
     InvalidArgumentError,
     NotFoundError,
     ObjectTooLargeError,
@@ -253,16 +256,47 @@ async def test_versioning_off_replaces_and_reclaims(storage: Storage) -> None:
     await put(storage, "flat", "shared", b"shared bytes")
     assert blob_file(storage, old.etag).exists()
     new = await put(storage, "flat", "k", b"new bytes")
+    await storage.sync()
     assert not blob_file(storage, old.etag).exists()
     versions = (await storage.list_object_versions("acme", "flat")).versions
     assert [(v.key, v.etag) for v in versions] == [("k", new.etag), ("shared", versions[1].etag)]
     await put(storage, "flat", "k", b"shared bytes")
+    await storage.sync()
     assert blob_file(storage, versions[1].etag).exists()
     assert not blob_file(storage, new.etag).exists()
     gone = await storage.delete_object("acme", "flat", "shared")
+    await storage.sync()
     assert not gone.delete_marker
     assert blob_file(storage, versions[1].etag).exists()  # still used by "k"
     assert (await storage.get_tenant("acme")).used_bytes == len(b"shared bytes")
+
+
+async def test_replacing_put_answers_before_the_old_bytes_are_deleted(
+    tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
+) -> None:
+    """The unlink of a replaced object's file is not on the put's path: the put answers while
+    that unlink is held up, and sync() returns only once the file is gone."""
+    release = threading.Event()
+
+    class HoldUnlinks(FaultInjector):
+        def before_step(self, step: str) -> None:
+            if step == "unlink":
+                release.wait(30)
+            super().before_step(step)
+
+    s = await nursery.start(functools.partial(
+        run_storage, make_config(tmp_path), clock=clock, fault_injector=HoldUnlinks()))
+    await s.create_tenant("acme")
+    await s.create_bucket("acme", "flat")
+    old = await put(s, "flat", "k", b"old bytes")
+    new = await put(s, "flat", "k", b"new bytes")
+    assert new.etag != old.etag
+    assert blob_file(s, old.etag).exists()  # the put answered; its unlink is still held
+    release.set()
+    await s.sync()
+    assert not blob_file(s, old.etag).exists()
+    assert await body((await s.get_object("acme", "flat", "k"))[1]) == b"new bytes"
+    await s.stop()
 
 
 async def test_list_objects_pages_and_delimiters(storage: Storage) -> None:
@@ -408,6 +442,7 @@ async def test_upload_deduplication_and_delete(storage: Storage) -> None:
     await storage.delete_blob("other", first.key)
     assert blob_file(storage, digest).exists()  # the object still references it
     await storage.delete_object("acme", "flat", "k")
+    await storage.sync()
     assert not blob_file(storage, digest).exists()
 
 

@@ -99,5 +99,6 @@ async def test_hundred_concurrent_puts(tmp_path: Path, nursery: trio.Nursery) ->
     expected += sum(b.size for b in blobs)
     assert (await s.get_tenant("acme")).used_bytes == expected
     await s.reap_now()
+    await s.sync()
     assert audit(config.data_dir) == []
     await s.stop()

@@ -107,11 +107,13 @@ async def test_disk_fault_during_put_leaves_nothing(
     assert list((tmp_path / "data" / "tmp").iterdir()) == []
     injector.fail_after_bytes = injector.fail_at = None
     await s.reap_now()
+    await s.sync()
     assert audit(tmp_path / "data") == []
 
     r = await s.put_object("acme", "vers", "new", chunks(data))
     assert r.etag == hashlib.sha256(data).hexdigest()
     assert await read(s, "vers", "new") == data
+    await s.sync()
     assert audit(tmp_path / "data") == []
     await s.stop()
 
@@ -133,6 +135,7 @@ async def test_disk_full_during_upload_append_keeps_the_durable_offset(
     await s.append_upload("acme", up.upload_id, 100_000, data[100_000:])
     done = await s.complete_upload("acme", up.upload_id, hashlib.sha256(data).digest())
     assert done.size == len(data)
+    await s.sync()
     assert audit(tmp_path / "data") == []
     await s.stop()
 
@@ -192,6 +195,7 @@ async def test_metadata_crash_mid_request_is_retryable(tmp_path: Path, nursery: 
         await s.head_object("acme", "flat", "new")
     await until_available(s.reap_now)  # a pass writes through the restarted actor
     assert s.statistics().child("metadata").restarts == 1
+    await s.sync()
     assert audit(tmp_path / "data") == []
     r = await s.put_object("acme", "flat", "new", chunks(b"x" * MiB))
     assert await read(s, "flat", "new") == b"x" * MiB and r.size == MiB

@@ -343,6 +343,7 @@ class StorageMachine(RuleBasedStateMachine):
         total = sum(len(v.data) for vs in self.objects.values() for v in vs if v.data is not None)
         total += sum(len(b.data) for b in self.blobs.values())
         assert self.call(self.s.get_tenant, TENANT).used_bytes == total
+        self.call(self.s.sync)
         assert audit(self.tmp / "data", hash_files=False) == []
 
 

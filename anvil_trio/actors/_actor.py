@@ -68,8 +68,8 @@ class Actor:
 
     A supervisor builds a new instance from its :class:`ChildSpec` factory for every start and
     restart, so whatever the instance holds is private state that a restart throws away. The
-    runtime calls ``on_start`` once, then ``receive`` for each message in order, then
-    ``on_stop``; never two of them at once.
+    runtime calls ``on_start`` once, then ``receive`` (and ``after_reply``) for each message in
+    order, then ``on_stop``; never two of them at once.
 
     Attributes:
         reply_errors: exception types that :meth:`receive` may raise *as an answer*: the
@@ -96,6 +96,15 @@ class Actor:
                 in ``reply_errors``).
         """
         raise TypeError(f"{type(self).__name__} does not handle the message {message!r}")
+
+    async def after_reply(self) -> None:
+        """Follow-up work for the message just handled, done after its reply was sent.
+
+        Runs once after every message, before the next one is taken, so it is ordered with
+        the messages like ``receive`` is, but no asker waits for it (use it for cleanup that
+        need not delay the answer). An exception here crashes the actor. Does nothing by
+        default (and is then not called at all).
+        """
 
     async def on_stop(self) -> None:
         """Clean up; runs on an orderly stop and, best effort, after a crash or a kill.
@@ -409,6 +418,7 @@ class _Incarnation:
 
     async def _loop(self, actor: Actor) -> None:
         reply_errors = tuple(actor.reply_errors)
+        follow_up = actor.after_reply if type(actor).after_reply is not Actor.after_reply else None
         slot = self.slot
         while True:
             try:
@@ -427,6 +437,8 @@ class _Incarnation:
             self.current = None
             slot.processed += 1
             envelope.answer(reply)
+            if follow_up is not None:
+                await follow_up()
             if actor.stop_requested:
                 self.shut(self.on_self_stop)
 

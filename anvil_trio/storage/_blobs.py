@@ -22,12 +22,13 @@ Invariants:
   ``^[0-9a-f]{32}$``.
 - An upload file's size is the number of bytes durably received: an append either extends it by
   all its bytes and fsyncs before returning, or truncates it back to its old size.
-- Memory is bounded whatever the size: a write holds at most two batches (``batch_size`` plus
-  one chunk each: one being written by one worker thread and hashed by another at the same
-  time, while the next arrives), a read one chunk of at most ``chunk_size`` bytes. Batches are
-  written and hashed in order: the next batch's threads start only after both have finished.
-- File I/O runs in worker threads (``trio.to_thread.run_sync``), which are never abandoned, so a
-  cancelled operation has finished its current step before the cleanup runs.
+- Memory is bounded whatever the size: a write holds at most ``pipeline_depth + 1`` batches
+  (``batch_size`` plus one chunk each: up to ``pipeline_depth`` queued for or inside its two
+  worker threads, one written by one and hashed by the other, in order; one arriving), a read
+  one chunk of at most ``chunk_size`` bytes.
+- File I/O runs in worker threads (``trio.to_thread.run_sync`` or a write's two
+  :class:`~._pipeline.Lane` threads), which are never abandoned, so a cancelled operation has
+  finished its current step before the cleanup runs.
 - ``OSError`` with ``ENOSPC`` becomes :class:`StorageFullError`, any other :class:`StorageIOError`,
   with the ``OSError`` as ``__cause__`` (see ``_faults.run_io``).
 """
@@ -35,7 +36,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import pathlib
@@ -66,6 +66,7 @@ from ._faults import (
     unlink_existing,
     unlink_quietly,
 )
+from ._pipeline import Lane
 
 __all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
 
@@ -101,49 +102,6 @@ def _check_count(value: int | None, name: str) -> None:
 def _sorted_subdirs(directory: pathlib.Path) -> list[str]:
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-
-
-class _Job:
-    """A blocking disk step started in a worker thread now, its result collected later.
-
-    The thread is never abandoned: :meth:`result` and :meth:`finished` wait for it even when
-    cancelled (the cancellation takes effect right after), like :func:`run_io`.
-    """
-
-    def __init__(self, what: str, fn: Callable[..., object], *args: object) -> None:
-        self._what = what
-        self._done = trio.Event()
-        self._outcome: Any = None
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: Any) -> None:
-            token.run_sync_soon(self._finish, result)
-
-        trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
-
-    def _finish(self, result: Any) -> None:
-        self._outcome = result
-        self._done.set()
-
-    async def finished(self) -> None:
-        """Wait until the step has run (its error, if any, is dropped)."""
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
-
-    async def result(self) -> object:
-        """Wait for the step and return its value.
-
-        Raises:
-            StorageFullError, StorageIOError: the step raised ``OSError``.
-            Whatever else the step raised, unchanged.
-        """
-        await self.finished()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        assert self._outcome is not None
-        try:
-            return self._outcome.unwrap()
-        except OSError as err:
-            raise storage_error(err, self._what) from err
 
 
 @attrs.define
@@ -287,14 +245,17 @@ class BlobStore:
     Args:
         root: the data dir; ``blobs/``, ``tmp/`` and ``uploads/`` are created under it.
         chunk_size: the largest chunk a read yields (default 1 MiB).
-        batch_size: a write hands bytes to a worker thread once this many have arrived
+        batch_size: a write hands bytes to its worker threads once this many have arrived
             (default 1 MiB), so thread overhead is paid per batch, not per chunk.
+        pipeline_depth: batches a write may have queued or in progress in its worker threads
+            while more arrive (default 4); a write holds at most ``pipeline_depth + 1``
+            batches in memory.
         fsync: fsync files and directories (turn off only for throwaway test data).
         fault_injector: consulted before each write, fsync, rename, directory fsync and
             blob unlink (see :class:`FaultInjector`).
 
     Raises:
-        ValueError: when ``chunk_size`` or ``batch_size`` is not positive.
+        ValueError: when ``chunk_size``, ``batch_size`` or ``pipeline_depth`` is not positive.
         OSError: when the directories cannot be created.
     """
 
@@ -304,14 +265,16 @@ class BlobStore:
         *,
         chunk_size: int = 1 << 20,
         batch_size: int = 1 << 20,
+        pipeline_depth: int = 4,
         fsync: bool = True,
         fault_injector: FaultInjector | None = None,
     ) -> None:
-        if chunk_size <= 0 or batch_size <= 0:
-            raise ValueError("chunk_size and batch_size must be positive")
+        if chunk_size <= 0 or batch_size <= 0 or pipeline_depth <= 0:
+            raise ValueError("chunk_size, batch_size and pipeline_depth must be positive")
         self.root = pathlib.Path(root)
         self.chunk_size = chunk_size
         self.batch_size = batch_size
+        self.pipeline_depth = pipeline_depth
         self._disk = DiskSteps(fsync=fsync, faults=fault_injector)
         self._blobs_dir = self.root / "blobs"
         self._tmp_dir = self.root / "tmp"
@@ -409,25 +372,25 @@ class BlobStore:
         part = self._tmp_dir / f"{secrets.token_hex(16)}{_PART_SUFFIX}"
         self._active_parts.add(part.name)
         fd: int | None = None
-        jobs: list[_Job] = []  # the write and the hash of the batch in flight
+        lanes: list[Lane] = []
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
             fd = await run_io("creating a temp file", os.open, part, flags, 0o600)
-            hasher, what = hashlib.sha256(), "writing a blob"
+            hasher = hashlib.sha256()
+            # Each batch is written by one lane and hashed by the other, both in order, while
+            # the next batches arrive; at most pipeline_depth batches are in flight.
+            writing, hashing = Lane("writing a blob"), Lane("writing a blob")
+            lanes += (writing, hashing)
             size = flushed = 0
             batch: list[bytes] = []
 
-            async def settle() -> None:
-                # Both jobs must finish before the next batch starts (in-order hashing and
-                # writing; at most two batches held). On error the handler below waits for
-                # whichever job is still running.
-                for job in jobs:
-                    await job.result()
-                jobs.clear()
-
-            def start(out: int, pending: list[bytes], offset: int) -> None:
-                jobs.append(_Job(what, self._disk.write_batch, out, pending, offset))
-                jobs.append(_Job(what, hash_batch, hasher, pending))
+            async def ship(pending: list[bytes], offset: int) -> None:
+                writing.submit(self._disk.write_batch, fd, pending, offset)
+                hashing.submit(hash_batch, hasher, pending)
+                ahead = writing.submitted - self.pipeline_depth
+                if ahead > 0:
+                    await writing.wait(ahead)
+                    await hashing.wait(ahead)
 
             async for chunk in chunks:
                 if not chunk:
@@ -439,14 +402,15 @@ class BlobStore:
                     raise InvalidArgumentError(f"content exceeds its declared size {expected_size}")
                 batch.append(chunk)
                 if size - flushed >= self.batch_size:
-                    # Write and hash this batch in two worker threads while the next arrives.
-                    await settle()
-                    start(fd, batch, flushed)
+                    await ship(batch, flushed)
                     batch, flushed = [], size
-            await settle()
             if batch:
-                start(fd, batch, flushed)
-                await settle()
+                await ship(batch, flushed)
+            await writing.wait(writing.submitted)
+            await hashing.wait(hashing.submitted)
+            for lane in lanes:
+                await lane.close()
+            lanes.clear()
             if expected_size is not None and size != expected_size:
                 raise InvalidArgumentError(
                     f"content has {size} bytes, not its declared size {expected_size}"
@@ -460,8 +424,9 @@ class BlobStore:
             return await self._publish(part, digest, size)
         except BaseException:
             with trio.CancelScope(shield=True):
-                for job in jobs:
-                    await job.finished()
+                for lane in lanes:
+                    await lane.close()  # the threads are done with fd before it is closed
+                lanes.clear()
                 if fd is not None:
                     os.close(fd)
                 await trio.to_thread.run_sync(unlink_quietly, part)

@@ -68,6 +68,7 @@ __all__ = [
     "MetadataActor",
     "MetadataWriter",
     "ReclaimBlob",
+    "Sync",
     "WriteResult",
     "migrate",
 ]
@@ -650,6 +651,11 @@ class ReclaimBlob:
     digest: str
 
 
+@attrs.frozen
+class Sync:
+    """Reply (``None``) once every message sent before it, and its follow-up work, is done."""
+
+
 class MetadataActor(Actor):
     """The single metadata writer, plus the only place blob files are deleted.
 
@@ -657,9 +663,14 @@ class MetadataActor(Actor):
         path: the SQLite file (created and migrated in ``on_start``).
         blobs: the blob store whose unreferenced files it deletes.
 
-    Messages: the write messages of :mod:`._metadata` (reply: their value) and
-    :class:`ReclaimBlob` (reply: whether a file was deleted). :class:`StorageError` is replied;
-    anything else (a broken connection or disk) crashes the actor so the supervisor restarts it.
+    Messages: the write messages of :mod:`._metadata` (reply: their value), :class:`ReclaimBlob`
+    (reply: whether a file was deleted) and :class:`Sync`. The files a write left unreferenced
+    are deleted right after its reply is sent (``after_reply``), still before the next message:
+    the refcount check and the unlink never interleave with another commit, and the writer is
+    not kept waiting for an unlink (tens of milliseconds for a large file). A :class:`Sync`
+    sent after a write is answered only once that write's files are gone.
+    :class:`StorageError` is replied; anything else (a broken connection or disk) crashes the
+    actor so the supervisor restarts it (files it had yet to delete are left to the reaper).
     """
 
     reply_errors = (StorageError,)
@@ -668,6 +679,7 @@ class MetadataActor(Actor):
         self._path = path
         self._blobs = blobs
         self._writer: MetadataWriter | None = None
+        self._zeroed: tuple[str, ...] = ()
 
     async def on_start(self) -> None:
         self._writer = await trio.to_thread.run_sync(MetadataWriter, self._path)
@@ -680,13 +692,19 @@ class MetadataActor(Actor):
         assert self._writer is not None
         if isinstance(message, ReclaimBlob):
             return await self._reclaim(message.digest)
+        if isinstance(message, Sync):
+            return None
         result = await trio.to_thread.run_sync(self._writer.apply, message)
-        for digest in result.zeroed:
+        self._zeroed = tuple(result.zeroed)
+        return result.value
+
+    async def after_reply(self) -> None:
+        zeroed, self._zeroed = self._zeroed, ()
+        for digest in zeroed:
             try:
                 await self._reclaim(digest)
             except StorageError:
                 pass  # committed already; the reaper retries the file later
-        return result.value
 
     async def _reclaim(self, digest: str) -> bool:
         assert self._writer is not None

@@ -657,6 +657,16 @@ class Storage:
         """Delete ``digest``'s file if it is unreferenced and unpinned; returns whether deleted."""
         return await self._write(m.ReclaimBlob(v.validate_digest(digest)))
 
+    async def sync(self) -> None:
+        """Wait until the follow-up work of every write answered so far is done: a put that
+        replaced an object (versioning off) or a delete answers before the bytes it left
+        unreferenced are deleted; after ``sync()`` they are.
+
+        Raises:
+            StorageUnavailableError: the metadata actor is down or stopped.
+        """
+        await self._write(m.Sync())
+
     async def reap_now(self) -> ReapReport:
         """Run one reaper pass now (after any pass in progress) and wait for it; no timeout.
 
