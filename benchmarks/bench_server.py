@@ -11,18 +11,24 @@ and one channel per concurrent caller), against servers running as separate proc
   1 MiB chunks of one buffer, HeadObject answers a fixed info). ``echo_server.py``'s Health
   messages cannot carry bulk bytes, so this is the byte-stream baseline "measured the same
   way": same messages, same client code, minus storage and auth.
-* ``disk``: a plain loop of 1 MiB ``write`` calls plus one ``fsync``, in this process, in the
-  anvil data dir's file system.
+* ``disk``: the put workload's files written raw from this process, in the data dir's file
+  system: one thread per caller, each 64 MiB file of fresh content in 1 MiB ``write`` calls,
+  one ``fsync``, and a rename over that caller's previous file (as an unversioned put replaces
+  its object). Same shape as the puts, so page-cache and writeback effects of that much data
+  (which on this VM cost more as the amount in flight grows) hit both alike.
 
 Workloads: PutObject and GetObject of 64 MiB objects (1 MiB chunks) by 1 and 16 concurrent
-callers (every object has unique content), HeadObject calls/s by 1 and 16 callers for a fixed
-time, and the anvil server's RSS (``/proc/PID/status`` VmRSS, sampled every 20 ms, and VmHWM)
-while one 1 GiB object goes up and comes back down.
+callers (every object has unique content; each caller puts to its own key), HeadObject calls/s
+by 1 and 16 callers for a fixed time, and the anvil server's RSS (``/proc/PID/status`` VmRSS,
+sampled every 20 ms, and VmHWM) while one 1 GiB object goes up and comes back down. Each
+figure is the median of ``--repeats`` runs, interleaved across servers so that the shared
+machine's drifts hit every column alike. The ``cpu`` column is the server process's CPU time
+per MiB put (anvil / bare): on two cores shared with the client, CPU is what bounds the rates.
 
 Targets (ratio columns): put >= 0.9 x min(bare upload, disk); get >= 0.9 x bare download;
 head >= 0.7 x echo unary at 16 callers; RSS growth < 64 MiB.
 
-Usage: python benchmarks/bench_server.py [--seconds 3] [--rss-mib 1024] [--dir DIR]
+Usage: python benchmarks/bench_server.py [--seconds 2] [--repeats 3] [--rss-mib 1024] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -270,17 +276,41 @@ def check_call(channel):
     return lambda: stub.Check(request, timeout=60)
 
 
-def bench_disk(directory: Path, mib: int) -> float:
-    """MiB/s of 1 MiB writes plus one fsync (fresh content)."""
-    path = directory / "raw-disk.bin"
-    start = time.perf_counter()
-    with open(path, "wb", buffering=0) as handle:
-        for chunk in unique_chunks(next(_tags), mib):
-            handle.write(chunk)
-        os.fsync(handle.fileno())
-    seconds = time.perf_counter() - start
-    path.unlink()
-    return mib / seconds
+def bench_disk(directory: Path, callers: int, rounds: int = 1) -> float:
+    """MiB/s of plain files written the way the put workload writes objects: ``callers``
+    threads, each writing ``rounds`` 64 MiB files of fresh content with 1 MiB writes, an fsync,
+    and a rename over its previous file (so, like an unversioned put, each replaces the last)."""
+
+    def work(index: int) -> None:
+        final = directory / f"raw-disk-{index}.bin"
+        for _ in range(rounds):
+            part = directory / f"raw-disk-{index}.part"
+            with open(part, "wb", buffering=0) as handle:
+                for chunk in unique_chunks(next(_tags), OBJECT_MIB):
+                    handle.write(chunk)
+                os.fsync(handle.fileno())
+            os.replace(part, final)
+
+    try:
+        seconds = in_parallel(callers, work)
+    finally:
+        for index in range(callers):
+            (directory / f"raw-disk-{index}.bin").unlink(missing_ok=True)
+    return callers * rounds * OBJECT_MIB / seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_put(proc: "Proc", metadata, callers: int, rounds: int) -> tuple[float, float]:
+    """(MiB/s, server CPU ms per MiB) of one put run against ``proc``."""
+    before = cpu_seconds(proc.pid)
+    rate = bench_put(proc.port, metadata, callers, rounds)
+    used = cpu_seconds(proc.pid) - before
+    return rate, 1000 * used / (callers * rounds * OBJECT_MIB)
 
 
 def rss_during(pid: int, port: int, metadata, mib: int) -> dict[str, float]:
@@ -338,7 +368,8 @@ def rss_during(pid: int, port: int, metadata, mib: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each head run")
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each head run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per figure")
     parser.add_argument("--rss-mib", type=int, default=1024, help="size of the RSS object")
     parser.add_argument("--dir", type=Path, default=None, help="where the data dir goes")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
@@ -357,17 +388,29 @@ def main(argv: list[str] | None = None) -> int:
               f"bare :{bare.port}; data in {root}", flush=True)
 
         rows = []
-        disk = statistics.median(bench_disk(root, OBJECT_MIB * 4) for _ in range(3))
+        med = statistics.median
         for callers in (1, 16):
-            rounds = 2 if callers == 1 else 1
-            put = bench_put(anvil.port, metadata, callers, rounds)
-            bare_put = bench_put(bare.port, (), callers, rounds)
-            get = bench_get(anvil.port, metadata, callers, rounds)
-            bare_get = bench_get(bare.port, (), callers, rounds)
-            head = bench_unary(anvil.port, head_call(metadata), callers, args.seconds)
-            bare_head = bench_unary(bare.port, head_call(()), callers, args.seconds)
-            echo_unary = bench_unary(echo.port, check_call, callers, args.seconds)
-            rows.append((callers, put, bare_put, get, bare_get, head, bare_head, echo_unary))
+            rounds = 3 if callers == 1 else 1
+            runs: dict[str, list] = {name: [] for name in (
+                "put", "bare_put", "disk", "get", "bare_get", "head", "bare_head", "echo")}
+            for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all alike
+                runs["put"].append(measured_put(anvil, metadata, callers, rounds))
+                runs["bare_put"].append(measured_put(bare, (), callers, rounds))
+                runs["disk"].append(bench_disk(root, callers, rounds))
+                runs["get"].append(bench_get(anvil.port, metadata, callers, rounds))
+                runs["bare_get"].append(bench_get(bare.port, (), callers, rounds))
+                runs["head"].append(bench_unary(anvil.port, head_call(metadata), callers,
+                                                args.seconds))
+                runs["bare_head"].append(bench_unary(bare.port, head_call(()), callers,
+                                                     args.seconds))
+                runs["echo"].append(bench_unary(echo.port, check_call, callers, args.seconds))
+            rows.append((callers, {
+                "put": med(r for r, _ in runs["put"]), "put_cpu": med(c for _, c in runs["put"]),
+                "bare_put": med(r for r, _ in runs["bare_put"]),
+                "bare_cpu": med(c for _, c in runs["bare_put"]),
+                **{name: med(runs[name]) for name in (
+                    "disk", "get", "bare_get", "head", "bare_head", "echo")},
+            }))
             print(f"  {callers} caller(s) done", flush=True)
         rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib)
     finally:
@@ -377,23 +420,27 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     print()
-    print(f"raw disk write+fsync ({OBJECT_MIB * 4} MiB, 1 MiB writes, median of 3): {disk:8.1f} MiB/s")
+    print(f"medians of {args.repeats} interleaved runs; 64 MiB objects; put/get rounds per caller: "
+          "3 at 1 caller, 1 at 16")
     print()
-    header = (f"{'callers':>7} | {'put MiB/s':>9} {'bare up':>8} {'ratio':>6} {'tgt':>5} | "
-              f"{'get MiB/s':>9} {'bare dn':>8} {'ratio':>6} {'tgt':>5} | "
+    header = (f"{'callers':>7} | {'put MiB/s':>9} {'bare up':>8} {'disk':>7} {'ratio':>6} {'tgt':>5}"
+              f" {'cpu ms/MiB':>11} | {'get MiB/s':>9} {'bare dn':>8} {'ratio':>6} {'tgt':>5} | "
               f"{'head/s':>7} {'bare hd':>8} {'echo/s':>7} {'ratio':>6} {'tgt':>5}")
     print(header)
     print("-" * len(header))
-    for callers, put, bare_put, get, bare_get, head, bare_head, echo_unary in rows:
-        put_ratio = put / min(bare_put, disk)
-        get_ratio = get / bare_get
-        head_ratio = head / echo_unary
-        print(f"{callers:>7} | {put:9.1f} {bare_put:8.1f} {put_ratio:6.2f} {'>=0.9':>5} | "
-              f"{get:9.1f} {bare_get:8.1f} {get_ratio:6.2f} {'>=0.9':>5} | "
-              f"{head:7.0f} {bare_head:8.0f} {echo_unary:7.0f} {head_ratio:6.2f} "
+    for callers, r in rows:
+        put_ratio = r["put"] / min(r["bare_put"], r["disk"])
+        get_ratio = r["get"] / r["bare_get"]
+        head_ratio = r["head"] / r["echo"]
+        cpu = f"{r['put_cpu']:.2f}/{r['bare_cpu']:.2f}"
+        print(f"{callers:>7} | {r['put']:9.1f} {r['bare_put']:8.1f} {r['disk']:7.0f} "
+              f"{put_ratio:6.2f} {'>=0.9':>5} {cpu:>11} | "
+              f"{r['get']:9.1f} {r['bare_get']:8.1f} {get_ratio:6.2f} {'>=0.9':>5} | "
+              f"{r['head']:7.0f} {r['bare_head']:8.0f} {r['echo']:7.0f} {head_ratio:6.2f} "
               f"{'>=0.7' if callers == 16 else '':>5}")
-    print("(put ratio = put / min(bare upload, disk); get ratio = get / bare download; "
-          "head ratio = head / echo unary)")
+    print("(put ratio = put / min(bare upload, disk); disk = the same files written raw, "
+          "fsynced and renamed; cpu = server CPU per MiB put, anvil/bare; get ratio = get / bare "
+          "download; head ratio = head / echo unary)")
     print()
     print(f"RSS while {args.rss_mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
           f"({rss['down_mibs']:.1f} MiB/s): before {rss['rss_before']:.1f} MiB, peak "

@@ -49,11 +49,12 @@ import trio
 from purerpc import Status, StatusCode
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
-from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import MessageReceived, RequestEnded, ResponseEnded
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
+
+from ._frames import FrameReader, MessageAssembler
 
 __all__ = [
     "CallControl",
@@ -104,20 +105,6 @@ class _EdgeMessage(MessageReceived):
         self.connection_owed = owed
 
 
-class _StrictReadBuffer(MessageReadBuffer):
-    """purerpc's read buffer, refusing compressed messages instead of inflating them.
-
-    purerpc would ``zlib.decompress`` a gzip body (which fails and kills the connection) and
-    inflate deflate bodies without a size bound (a decompression bomb).
-    """
-
-    def decompress(self, data: bytes) -> bytes:
-        raise UnsupportedMessageEncodingError(
-            f"compressed request messages are not supported (grpc-encoding "
-            f"{self._message_encoding!r}); send them uncompressed (identity)"
-        )
-
-
 class EdgeConnection(GRPCConnection):
     """purerpc's sans-IO gRPC connection, with per-call failure handling and flow control that
     follows consumption (see module doc).
@@ -134,6 +121,8 @@ class EdgeConnection(GRPCConnection):
     ) -> None:
         self.MAX_CONCURRENT_STREAMS = max_concurrent_streams
         super().__init__(config)
+        # Frames and messages are cut out of received bytes with fewer copies (see _frames).
+        self.h2_connection.incoming_buffer = FrameReader(server=not config.client_side)
         self.calls: dict[int, CallControl] = {}
         self.stream_registry: dict[int, Any] = {}
         self._retired: set[int] = set()
@@ -223,8 +212,13 @@ class EdgeConnection(GRPCConnection):
                          remote_ended=bool(event.stream_ended))
             return []
         request = events[0]
-        self.message_read_buffers[sid] = _StrictReadBuffer(
-            request.message_encoding, self.config.max_message_length
+        # Compressed messages are refused, not inflated: purerpc would zlib.decompress a gzip
+        # body (which fails and kills the connection) and inflate deflate bodies without a
+        # size bound (a decompression bomb).
+        self.message_read_buffers[sid] = MessageAssembler(
+            self.config.max_message_length,
+            f"compressed request messages are not supported (grpc-encoding "
+            f"{request.message_encoding!r}); send them uncompressed (identity)",
         )
         self.calls[sid] = CallControl(sid)
         return events
@@ -240,8 +234,9 @@ class EdgeConnection(GRPCConnection):
             return []
         control.unacked += length
         status = None
+        messages: list = []
         try:
-            buffer.data_received(event.data, length)
+            messages = buffer.data_received(event.data, length)
         except MessageTooLargeError as exc:
             status = Status(
                 StatusCode.RESOURCE_EXHAUSTED,
@@ -251,7 +246,7 @@ class EdgeConnection(GRPCConnection):
         except UnsupportedMessageEncodingError as exc:
             status = Status(StatusCode.UNIMPLEMENTED, str(exc))
         events = []
-        for message, size in buffer.read_all_complete_messages_flowcontrol():
+        for message, size in messages:
             control.unacked -= size
             already = min(size, control.partial_credited)
             control.partial_credited -= already
