@@ -84,14 +84,16 @@ class StorageFailedError(ServerError):
 def storage_config(config: Config) -> StorageConfig:
     """The embedded storage's configuration derived from the server's.
 
-    ``data_dir`` is shared; ``max_object_bytes`` (None: no limit), ``upload_expiry`` and
-    ``reaper_interval`` carry over; blob files are always fsynced (this is a real server).
+    ``data_dir`` is shared; ``max_object_bytes`` (None: no limit), ``upload_expiry``,
+    ``reaper_interval`` and ``direct_io`` carry over; blob files are always fsynced (this is a
+    real server).
     """
     return StorageConfig(
         data_dir=config.data_dir,
         max_object_size=config.max_object_bytes,
         upload_ttl=config.upload_expiry,
         reaper_interval=config.reaper_interval,
+        direct_io=config.direct_io,
         fsync=True,
     )
 

@@ -658,9 +658,11 @@ async def test_upload_finish_fault_stays_resumable(tmp_path: pathlib.Path) -> No
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=12),
-       chunk_size=st.integers(1, 700))
-async def test_any_chunking_same_digest(data: bytes, cuts: list[int], chunk_size: int) -> None:
-    """However the bytes are split into chunks, the digest and readback are the same."""
+       chunk_size=st.integers(1, 700), direct=st.booleans())
+async def test_any_chunking_same_digest(data: bytes, cuts: list[int], chunk_size: int,
+                                        direct: bool) -> None:
+    """However the bytes are split into chunks, the digest and readback are the same, with
+    direct I/O or without."""
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
 
@@ -669,7 +671,8 @@ async def test_any_chunking_same_digest(data: bytes, cuts: list[int], chunk_size
             yield chunk
 
     with tempfile.TemporaryDirectory() as root:
-        store = BlobStore(root, chunk_size=chunk_size, batch_size=512, fsync=False)
+        store = BlobStore(root, chunk_size=chunk_size, batch_size=512, direct_io=direct,
+                          fsync=False)
         with await store.write(source()) as written:
             assert (written.digest, written.size) == (sha(data), len(data))
             reader = await store.open_range(written.digest)
@@ -698,7 +701,7 @@ async def test_write_takes_at_most_pipeline_depth_plus_one_batches_ahead_of_the_
     """While the disk is stuck, a write pulls only pipeline_depth + 1 batches from its source
     (its memory bound); once the disk moves the rest follows and the blob is exact."""
     release = threading.Event()
-    store = BlobStore(tmp_path, batch_size=10, pipeline_depth=2, fsync=False,
+    store = BlobStore(tmp_path, batch_size=10, pipeline_depth=2, direct_io=False, fsync=False,
                       fault_injector=_HeldWrites(release))
     pulled: list[bytes] = []
 

@@ -256,12 +256,12 @@ def test_derived_storage_and_edge_configs(tmp_path):
         tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem",
         tls_client_ca=tmp_path / "ca.pem", max_message_bytes=8 << 20,
         max_concurrent_calls=7, grace_period=3.5, dev_mode=True,
-        max_object_bytes=None, upload_expiry=60.0, reaper_interval=7.0,
+        max_object_bytes=None, upload_expiry=60.0, reaper_interval=7.0, direct_io=False,
     )
     sc = storage_config(config)
-    assert (sc.data_dir, sc.max_object_size, sc.upload_ttl, sc.reaper_interval, sc.fsync) == (
-        tmp_path / "d", None, 60.0, 7.0, True
-    )
+    assert (sc.data_dir, sc.max_object_size, sc.upload_ttl, sc.reaper_interval, sc.fsync,
+            sc.direct_io) == (tmp_path / "d", None, 60.0, 7.0, True, False)
+    assert storage_config(Config(data_dir=tmp_path)).direct_io
     ec = edge_config(config)
     assert (ec.host, ec.port, ec.reuse_port, ec.max_request_message_bytes) == (
         "::1", 1234, True, 8 << 20

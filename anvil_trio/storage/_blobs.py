@@ -9,7 +9,8 @@ Layout under ``root`` (the data dir)::
 Invariants:
 - A file in ``blobs/`` is complete, hashes to its name, is read-only, and both it and its
   directory entry were fsynced before anyone was told it exists. Nothing else appears there.
-- A write streams into a fresh ``tmp/*.part`` while hashing; it becomes visible only by one
+- A write streams into a fresh ``tmp/*.part`` while hashing (with direct I/O past the page
+  cache where the file system allows it, see ``_direct``); it becomes visible only by one
   ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
   removed before the error propagates; after a crash, ``remove_stale_temp`` removes it.
 - Identical content is kept once: if the final file exists, the new part file is dropped and the
@@ -24,8 +25,9 @@ Invariants:
   all its bytes and fsyncs before returning, or truncates it back to its old size.
 - Memory is bounded whatever the size: a write holds at most ``pipeline_depth + 1`` batches
   (``batch_size`` plus one chunk each: up to ``pipeline_depth`` queued for or inside its two
-  worker threads, one written by one and hashed by the other, in order; one arriving), a read
-  one chunk of at most ``chunk_size`` bytes.
+  worker threads, one written by one and hashed by the other, in order; one arriving) plus one
+  1 MiB staging buffer (up to 16 idle ones are kept for reuse), a read one chunk of at most
+  ``chunk_size`` bytes.
 - File I/O runs in worker threads (``trio.to_thread.run_sync`` or a write's two
   :class:`~._pipeline.Lane` threads), which are never abandoned, so a cancelled operation has
   finished its current step before the cleanup runs.
@@ -66,6 +68,7 @@ from ._faults import (
     unlink_existing,
     unlink_quietly,
 )
+from ._direct import StagedWriter, StagingPool, open_new
 from ._pipeline import Lane
 
 __all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
@@ -250,6 +253,8 @@ class BlobStore:
         pipeline_depth: batches a write may have queued or in progress in its worker threads
             while more arrive (default 4); a write holds at most ``pipeline_depth + 1``
             batches in memory.
+        direct_io: write new blob files past the page cache (``O_DIRECT``, see ``_direct``)
+            where the file system allows it; buffered otherwise.
         fsync: fsync files and directories (turn off only for throwaway test data).
         fault_injector: consulted before each write, fsync, rename, directory fsync and
             blob unlink (see :class:`FaultInjector`).
@@ -266,6 +271,7 @@ class BlobStore:
         chunk_size: int = 1 << 20,
         batch_size: int = 1 << 20,
         pipeline_depth: int = 4,
+        direct_io: bool = True,
         fsync: bool = True,
         fault_injector: FaultInjector | None = None,
     ) -> None:
@@ -275,6 +281,8 @@ class BlobStore:
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.pipeline_depth = pipeline_depth
+        self.direct_io = direct_io
+        self._staging = StagingPool(1 << 20)
         self._disk = DiskSteps(fsync=fsync, faults=fault_injector)
         self._blobs_dir = self.root / "blobs"
         self._tmp_dir = self.root / "tmp"
@@ -373,9 +381,10 @@ class BlobStore:
         self._active_parts.add(part.name)
         fd: int | None = None
         lanes: list[Lane] = []
+        writer: StagedWriter | None = None
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-            fd = await run_io("creating a temp file", os.open, part, flags, 0o600)
+            fd, direct = await run_io("creating a temp file", open_new, part, self.direct_io)
+            writer = StagedWriter(self._disk, fd, self._staging, direct=direct)
             hasher = hashlib.sha256()
             # Each batch is written by one lane and hashed by the other, both in order, while
             # the next batches arrive; at most pipeline_depth batches are in flight.
@@ -384,8 +393,8 @@ class BlobStore:
             size = flushed = 0
             batch: list[bytes] = []
 
-            async def ship(pending: list[bytes], offset: int) -> None:
-                writing.submit(self._disk.write_batch, fd, pending, offset)
+            async def ship(pending: list[bytes]) -> None:
+                writing.submit(writer.write_batch, pending)
                 hashing.submit(hash_batch, hasher, pending)
                 ahead = writing.submitted - self.pipeline_depth
                 if ahead > 0:
@@ -402,10 +411,11 @@ class BlobStore:
                     raise InvalidArgumentError(f"content exceeds its declared size {expected_size}")
                 batch.append(chunk)
                 if size - flushed >= self.batch_size:
-                    await ship(batch, flushed)
+                    await ship(batch)
                     batch, flushed = [], size
             if batch:
-                await ship(batch, flushed)
+                await ship(batch)
+            writing.submit(writer.finish)
             await writing.wait(writing.submitted)
             await hashing.wait(hashing.submitted)
             for lane in lanes:
@@ -427,6 +437,8 @@ class BlobStore:
                 for lane in lanes:
                     await lane.close()  # the threads are done with fd before it is closed
                 lanes.clear()
+                if writer is not None:
+                    writer.release()
                 if fd is not None:
                     os.close(fd)
                 await trio.to_thread.run_sync(unlink_quietly, part)

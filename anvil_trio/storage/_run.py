@@ -78,7 +78,8 @@ async def _run_locked(
     data_dir = config.data_dir
     # Migrate once, here: a fatal schema problem is raised, not retried by the supervisor.
     secret = await trio.to_thread.run_sync(_prepare, data_dir, db_path)
-    blobs = BlobStore(data_dir, fsync=config.fsync, fault_injector=fault_injector)
+    blobs = BlobStore(data_dir, fsync=config.fsync, direct_io=config.direct_io,
+                      fault_injector=fault_injector)
     reaper_state = ReaperState(temp_max_age=config.temp_max_age)
     supervisor = Supervisor(
         [ChildSpec("metadata", lambda: m.MetadataActor(db_path, blobs)),

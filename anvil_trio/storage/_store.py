@@ -95,6 +95,8 @@ class StorageConfig:
         max_object_size: largest object or blob in bytes (``None``: no limit).
         upload_ttl: seconds an unfinished upload stays resumable after its last activity.
         fsync: fsync blob files (turn off only for throwaway test data).
+        direct_io: write new blob files with direct I/O where the file system allows it (see
+            ``_direct``).
         read_connections: concurrent metadata reads.
         ask_timeout: seconds to wait for the metadata actor before StorageUnavailableError.
         restart_intensity, restart_period: the supervisor escalates past ``restart_intensity``
@@ -108,6 +110,7 @@ class StorageConfig:
     max_object_size: int | None = 5 << 30
     upload_ttl: float = 24 * 3600.0
     fsync: bool = True
+    direct_io: bool = True
     read_connections: int = 4
     ask_timeout: float = 30.0
     restart_intensity: int = 3
