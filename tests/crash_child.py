@@ -30,10 +30,13 @@ import trio
 from anvil_trio.storage import FaultInjector, StorageConfig, run_storage
 
 MiB = 1 << 20
+#: Size of the put killed mid-stream: several write batches (4 MiB each by default).
+MID_STREAM_SIZE = 12 * MiB
 
 #: Kill points: where the interrupted write is when the child says READY.
 POINTS = {
-    "mid-stream": "a put has streamed 1.5 of 3 MiB into its temp file",
+    "mid-stream": "a put has streamed half of MID_STREAM_SIZE, at least one batch of it into "
+                  "its temp file",
     "after-fsync": "a put's temp file is complete, read-only and fsynced, not yet renamed",
     "after-rename": "a put's file was renamed into blobs/, its directory not yet fsynced",
     "before-commit": "a put's file is published; its commit waits in the metadata mailbox",
@@ -124,7 +127,9 @@ async def child(data_dir: Path, point: str) -> None:
         signal("STATE " + json.dumps(state))
 
         if point == "mid-stream":
-            await s.put_object("acme", "flat", "victim", _stream(victim, stop_after=3 * MiB // 2, temp_dir=data_dir / "tmp"))
+            big = content(104, MID_STREAM_SIZE)
+            await s.put_object("acme", "flat", "victim", _stream(
+                big, stop_after=MID_STREAM_SIZE // 2, temp_dir=data_dir / "tmp"))
         elif point in ("after-fsync", "after-rename", "after-commit"):
             blocker.at = {"after-fsync": "rename", "after-rename": "dir_fsync_after_rename",
                           "after-commit": "unlink"}[point]

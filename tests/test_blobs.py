@@ -356,7 +356,7 @@ async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> No
     """Cancelling a write whose batch is mid-write in a worker thread waits for that thread
     (and the batch's hashing thread), then removes the part file."""
     hook = HoldWrite()
-    store = BlobStore(tmp_path, fault_injector=hook)
+    store = BlobStore(tmp_path, batch_size=MiB, fault_injector=hook)
     finished = trio.Event()
 
     async def two_then_stall():

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from anvil_trio.storage import NotFoundError, Storage, StorageConfig, run_storage
-from crash_child import MiB, POINTS, audit, content
+from crash_child import MID_STREAM_SIZE, MiB, POINTS, audit, content
 
 CHILD = Path(__file__).with_name("crash_child.py")
 
@@ -61,7 +61,7 @@ def evidence(data_dir: Path, point: str, state: dict) -> None:
     parts = [p.stat().st_size for p in (data_dir / "tmp").iterdir()]
     blob = lambda d: data_dir / "blobs" / d[:2] / d[2:4] / d  # noqa: E731
     if point == "mid-stream":
-        assert len(parts) == 1 and MiB <= parts[0] < 3 * MiB
+        assert len(parts) == 1 and MiB <= parts[0] < MID_STREAM_SIZE
     elif point == "after-fsync":
         assert parts == [3 * MiB]
     elif point in ("after-rename", "before-commit"):

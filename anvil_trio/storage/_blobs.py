@@ -249,9 +249,10 @@ class BlobStore:
         root: the data dir; ``blobs/``, ``tmp/`` and ``uploads/`` are created under it.
         chunk_size: the largest chunk a read yields (default 1 MiB).
         batch_size: a write hands bytes to its worker threads once this many have arrived
-            (default 1 MiB), so thread overhead is paid per batch, not per chunk.
+            (default 4 MiB), so thread hand-offs (and the GIL and wake-ups they cost) are paid
+            per batch, not per chunk.
         pipeline_depth: batches a write may have queued or in progress in its worker threads
-            while more arrive (default 4); a write holds at most ``pipeline_depth + 1``
+            while more arrive (default 2); a write holds at most ``pipeline_depth + 1``
             batches in memory.
         direct_io: write new blob files past the page cache (``O_DIRECT``, see ``_direct``)
             where the file system allows it; buffered otherwise.
@@ -269,8 +270,8 @@ class BlobStore:
         root: pathlib.Path | str,
         *,
         chunk_size: int = 1 << 20,
-        batch_size: int = 1 << 20,
-        pipeline_depth: int = 4,
+        batch_size: int = 4 << 20,
+        pipeline_depth: int = 2,
         direct_io: bool = True,
         fsync: bool = True,
         fault_injector: FaultInjector | None = None,
