@@ -64,12 +64,12 @@ from ._faults import (
     FaultInjector,
     hash_batch,
     run_io,
-    storage_error,
     unlink_existing,
     unlink_quietly,
 )
 from ._direct import StagedWriter, StagingPool, open_new
 from ._pipeline import Lane
+from ._reading import BlobReader
 
 __all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
 
@@ -77,8 +77,6 @@ _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _PART_SUFFIX = ".part"
 _HASH_BATCH = 8 << 20  # bytes hashed per worker-thread call when finishing an upload
-_READ_AHEAD = 16 << 20  # bytes a reader asks the kernel to fetch ahead of its position
-_WILLNEED: int | None = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
 def _check_digest(digest: object) -> str:
@@ -183,81 +181,6 @@ class WrittenBlob:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-
-@attrs.define(eq=False)
-class BlobReader:
-    """An open byte range of a blob: an async iterator of chunks of at most ``chunk_size`` bytes.
-
-    ``size`` is the whole blob's size, ``start``/``end`` the (clamped, end-exclusive) range and
-    ``position`` the absolute offset of the next chunk. The file stays open until the range is
-    exhausted, an error occurs, or :meth:`aclose` (also ``async with reader:``); a blob deleted
-    meanwhile is still read to the end.
-    """
-
-    _fd: int | None = attrs.field(repr=False)
-    size: int
-    start: int
-    end: int
-    _chunk_size: int = attrs.field(repr=False)
-    position: int = attrs.field(init=False)
-    _advised: int = attrs.field(init=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.position = self._advised = self.start
-
-    def _read(self, fd: int, length: int, position: int) -> bytes:
-        """pread, after asking the kernel to fetch the next window ahead of us (worker thread).
-
-        Blob files are written past the page cache, so a fresh blob's first read comes from
-        the device; keeping up to ``_READ_AHEAD`` bytes requested ahead lets the device work
-        while earlier chunks go out on the wire.
-        """
-        if _WILLNEED is not None and self._advised < self.end and (
-                position + _READ_AHEAD // 2 >= self._advised):
-            window = min(_READ_AHEAD, self.end - self._advised)
-            with contextlib.suppress(OSError):  # only a hint
-                os.posix_fadvise(fd, self._advised, window, _WILLNEED)
-            self._advised += window
-        return os.pread(fd, length, position)
-
-    def __aiter__(self) -> BlobReader:
-        return self
-
-    async def __anext__(self) -> bytes:
-        fd = self._fd
-        if fd is None or self.position >= self.end:
-            self._close()
-            raise StopAsyncIteration
-        length = min(self._chunk_size, self.end - self.position)
-        try:
-            data = await run_io("reading a blob", self._read, fd, length, self.position)
-            if not data:
-                raise StorageIOError("blob file is shorter than its recorded size")
-        except BaseException:
-            self._close()
-            raise
-        self.position += len(data)
-        return data
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    async def aclose(self) -> None:
-        """Close the file; further iteration yields nothing."""
-        self._close()
-
-    async def __aenter__(self) -> BlobReader:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._close()
-
-    def __del__(self) -> None:  # a reader dropped unfinished must not leak its descriptor
-        with contextlib.suppress(OSError):
-            self._close()
 
 
 class BlobStore:
