@@ -22,7 +22,6 @@ import datetime
 import functools
 import logging
 import math
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,7 +75,6 @@ class CallContext:
         peer: the client's address as ``getpeername()`` gives it.
         peer_certificate: the verified TLS client certificate (``SSLSocket.getpeercert()``
             form), or ``None``.
-        call_id: a random id for log lines about this call.
         initial_metadata: pairs to send in the response headers (before the first message).
         trailing_metadata: pairs to send with the final status.
     """
@@ -90,7 +88,6 @@ class CallContext:
     user_agent: str | None = None
     peer: Any = None
     peer_certificate: dict | None = None
-    call_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:16])
     initial_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
     trailing_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
     _control: CallControl | None = attrs.field(default=None, alias="control", repr=False)
@@ -125,7 +122,7 @@ def _as_service(item: purerpc.Service | purerpc.Servicer) -> purerpc.Service:
     return item.service if isinstance(item, purerpc.Servicer) else item
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # counters change per call
 class CallDispatcher:
     """Routes each call to its handler and enforces limits, deadline and error mapping.
 
