@@ -122,6 +122,12 @@ def _as_service(item: purerpc.Service | purerpc.Servicer) -> purerpc.Service:
     return item.service if isinstance(item, purerpc.Servicer) else item
 
 
+def _expired(context: CallContext) -> Status:
+    return Status(
+        StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded (grpc-timeout {context.timeout})"
+    )
+
+
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # counters change per call
 class CallDispatcher:
     """Routes each call to its handler and enforces limits, deadline and error mapping.
@@ -234,18 +240,16 @@ class CallDispatcher:
             stream.expect_message_type(bound.signature.request_type)
             stream.request_decoder = getattr(bound.method_fn, "request_decoder", None)
             runner = _RUNNERS[bound.signature.cardinality]
-            expired = Status(
-                StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded (grpc-timeout {context.timeout})"
-            )
             if trio.current_time() >= context.deadline:
-                return expired  # already past it: do not start work nobody waits for
+                return _expired(context)  # already past it: do not start work nobody waits for
             try:
-                with control.cancel_scope:
-                    with trio.move_on_at(context.deadline):
-                        await runner(handler, stream)
-                        return None
-                    return expired
-                return control.abort_status
+                with control.cancel_scope as scope:
+                    scope.deadline = context.deadline  # one scope: aborts and the deadline
+                    await runner(handler, stream)
+                    return None
+                if control.abort_status is not None or control.peer_reset:
+                    return control.abort_status
+                return _expired(context)
             except Exception as exc:
                 return status_for_exception(
                     exc, mapper=self.mapper, dev_mode=self.dev_mode, where=context.method
