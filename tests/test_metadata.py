@@ -356,8 +356,9 @@ async def test_inline_read_meeting_a_lock_goes_through_the_pool(tmp_path: Path) 
         blocker.close()
 
 
-async def test_slow_inline_read_pauses_inline_reads(writer: m.MetadataWriter) -> None:
-    """An inline read over budget sends point reads to the pool until the cooldown ends."""
+async def test_slow_inline_reads_pause_inline_reads(writer: m.MetadataWriter) -> None:
+    """Two inline reads in a row over budget send point reads to the pool until the cooldown
+    ends; a single slow one (a preempted thread) does not."""
     path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
     now = [0.0]
     step = [0.0]
@@ -371,14 +372,19 @@ async def test_slow_inline_read_pauses_inline_reads(writer: m.MetadataWriter) ->
         await reader.run(q.read_tenant, "acme")
         step[0] = 0.01  # every timer reading now moves 10 ms: each inline read is "slow"
         await reader.run(q.read_tenant, "acme")
-        assert (reader.inline_reads, reader.pooled_reads) == (2, 0)
+        step[0] = 0.0
+        await reader.run(q.read_tenant, "acme")  # one slow read alone changes nothing
+        step[0] = 0.01
+        await reader.run(q.read_tenant, "acme")
+        await reader.run(q.read_tenant, "acme")  # the second slow one in a row
+        assert (reader.inline_reads, reader.pooled_reads) == (5, 0)
         step[0] = 0.0
         for _ in range(3):
             await reader.run(q.read_tenant, "acme")
-        assert (reader.inline_reads, reader.pooled_reads) == (2, 3)
+        assert (reader.inline_reads, reader.pooled_reads) == (5, 3)
         now[0] += 1.0
         await reader.run(q.read_tenant, "acme")
-        assert (reader.inline_reads, reader.pooled_reads) == (3, 3)
+        assert (reader.inline_reads, reader.pooled_reads) == (6, 3)
     finally:
         reader.close()
 

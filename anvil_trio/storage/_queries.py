@@ -12,8 +12,10 @@ Invariants:
   ~20 µs). The guard: the inline connection never waits in SQLite's busy handler; a read that
   meets SQLITE_BUSY or SQLITE_LOCKED (WAL recovery after a crash, a database that is not in WAL
   mode, an exclusive lock) is retried at once through the worker-thread pool, which waits as
-  usual. An inline read that takes longer than ``inline_budget`` (cold pages on a slow disk)
-  sends the following point reads through the pool for ``inline_cooldown`` seconds. Every other
+  usual. Two inline reads in a row that each take longer than ``inline_budget`` (cold pages on
+  a slow disk) send the following point reads through the pool for ``inline_cooldown``
+  seconds; a single slow one does not, since on a busy machine the loop's thread is sometimes
+  preempted in the middle of a 20 µs read, and that says nothing about the disk. Every other
   read runs in the pool.
 * Keys are UTF-8 BLOBs ordered bytewise. UTF-8 never contains ``0xFF``, so every key that
   starts with ``p`` lies in ``[p, p + b"\\xff")``; prefix scans and "skip this common prefix"
@@ -548,7 +550,8 @@ class MetadataReader:
         path: the SQLite file (must already exist and be migrated).
         max_connections: at most this many reads run at once in threads; more wait their turn.
         inline: run :data:`POINT_READS` inline on the event loop's thread.
-        inline_budget: seconds an inline read may take before inline reads pause.
+        inline_budget: seconds an inline read may take; two slower ones in a row pause
+            inline reads.
         inline_cooldown: seconds they pause for.
         timer: the clock that times inline reads and the pause (real time: it measures how
             long the event loop was blocked).
@@ -569,6 +572,7 @@ class MetadataReader:
         self._timer = timer
         self._inline_conn: sqlite3.Connection | None = None
         self._inline_paused_until = float("-inf")
+        self._last_inline_slow = False
         self.inline_reads = 0
         self.pooled_reads = 0
 
@@ -660,10 +664,14 @@ class MetadataReader:
         return True, result
 
     def _charge(self, started: float) -> None:
-        """Pause inline reads if the one that began at ``started`` blocked the loop too long."""
+        """Pause inline reads if the one that began at ``started`` and the one before it both
+        blocked the loop too long."""
         now = self._timer()
-        if now - started > self._inline_budget:
+        slow = now - started > self._inline_budget
+        if slow and self._last_inline_slow:
             self._inline_paused_until = now + self._inline_cooldown
+            slow = False  # after the pause, two new slow reads are needed again
+        self._last_inline_slow = slow
 
     def _drop_inline(self) -> None:
         conn, self._inline_conn = self._inline_conn, None
