@@ -244,7 +244,7 @@ async def retry(
         not matching ``on`` at once; whatever a retry hook raises.
     """
     matches = _matcher(on)
-    driver = schedule.driver()
+    driver: Any = None  # built at the first failure: a first success costs nothing more
     clock = _DriverClock()
     attempt = 0
     while True:
@@ -254,6 +254,8 @@ async def retry(
         except Exception as exc:
             if not matches(exc):
                 raise
+            if driver is None:
+                driver = schedule.driver()
             now = clock.now()
             decision = driver.next(exc, now=now)
             if isinstance(decision, Done):

@@ -35,9 +35,8 @@ def to_timestamp(seconds: float) -> Timestamp:
     """
     if not math.isfinite(seconds):
         raise ValueError(f"not a finite time: {seconds!r}")
-    stamp = Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
-    return stamp
+    whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)  # nanos in [0, 1e9), as required
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def bucket_message(info: BucketInfo) -> bucket_pb2.Bucket:
