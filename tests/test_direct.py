@@ -88,6 +88,11 @@ def test_refused_direct_write_falls_back_to_buffered(tmp_path: pathlib.Path) -> 
     injector = FaultInjector(fail_at="write", errno=errno.EINVAL, times=1)
     _, size = write_file(tmp_path / "a.part", [data], direct=True, injector=injector)
     assert size == len(data) and (tmp_path / "a.part").read_bytes() == data
+    chunks = [os.urandom(3 * ALIGN), os.urandom(2 * ALIGN), os.urandom(100), os.urandom(ALIGN)]
+    injector = FaultInjector(fail_at="write", errno=errno.EINVAL, times=1)
+    _, size = write_file(tmp_path / "m.part", chunks, direct=True, injector=injector)
+    assert injector.fired == 1  # refused in the middle of a batch: the rest still arrives
+    assert (tmp_path / "m.part").read_bytes() == b"".join(chunks) and size == 6 * ALIGN + 100
     with pytest.raises(OSError) as caught:
         write_file(tmp_path / "c.part", [data], direct=True,
                    injector=FaultInjector(fail_at="write", errno=errno.EIO))
@@ -102,5 +107,10 @@ def test_staging_buffers_are_reused_and_bounded() -> None:
     pool.give_back(second)
     assert second.closed and not first.closed
     assert pool.take() is first
+    third = pool.take()
+    view = memoryview(third)  # e.g. held by an error's traceback
+    pool.give_back(pool.take())
+    pool.give_back(third)  # the pool is full and the buffer exported: no BufferError
+    view.release()
     with pytest.raises(ValueError):
         StagingPool(ALIGN + 1)

@@ -71,7 +71,11 @@ class StagingPool:
             if len(self._idle) < self._keep:
                 self._idle.append(buffer)
                 return
-        buffer.close()
+        try:
+            buffer.close()
+        except BufferError:
+            pass  # a view of it is still alive (say, in an error's traceback): GC unmaps it
+
 
 
 class StagedWriter:
@@ -115,7 +119,8 @@ class StagedWriter:
         buffer = self._buffer
         assert buffer is not None
         capacity = self._pool.capacity
-        for chunk in batch:
+        chunks = list(batch)
+        for index, chunk in enumerate(chunks):
             view = memoryview(chunk).cast("B")
             while view:
                 take = min(capacity - self._fill, len(view))
@@ -125,7 +130,7 @@ class StagedWriter:
                 if self._fill == capacity:
                     self._flush_aligned()
                     if not self._direct:  # the file system refused: the rest goes buffered
-                        self.write_batch([view])
+                        self.write_batch([view, *chunks[index + 1:]])
                         return
 
     def _flush_aligned(self) -> None:
@@ -133,11 +138,14 @@ class StagedWriter:
         assert buffer is not None
         whole = self._fill - self._fill % ALIGN
         if whole:
+            refused = False
             try:
                 self._disk.write_at(self._fd, memoryview(buffer)[:whole], self.offset)
             except OSError as err:
                 if err.errno != errno.EINVAL:
                     raise
+                refused = True
+            if refused:  # outside the handler: its traceback no longer holds views of buffer
                 self._fall_back()
                 return
             self.offset += whole
