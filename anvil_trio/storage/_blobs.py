@@ -50,6 +50,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._direct import StagedWriter, StagingPool, open_new
 from ._errors import (
     AlreadyExistsError,
     ChecksumMismatchError,
@@ -67,7 +68,6 @@ from ._faults import (
     unlink_existing,
     unlink_quietly,
 )
-from ._direct import StagedWriter, StagingPool, open_new
 from ._pipeline import Lane
 from ._reading import BlobReader
 
