@@ -115,6 +115,12 @@ def make_servicer(echo):
             if action == "metadata":
                 request.trailing_metadata.append(("x-reply", "trailer"))
                 return pb2.Pong(text=request.metadata("x-test", "-"))
+            if action == "bad-initial-metadata":
+                request.initial_metadata.append(("X-Upper", "v"))
+                return pb2.Pong(text="never sent")
+            if action == "bad-trailing-metadata":
+                request.trailing_metadata.append(("x-reply", "line\r\nbreak"))
+                return pb2.Pong(text="never sent")
             raise AssertionError(action)
 
         async def Unary(self, ping, request):  # noqa: N802
@@ -408,6 +414,27 @@ async def test_unexpected_errors_are_internal_with_only_a_correlation_id(echo, c
     assert match, status.status_message
     records = [r for r in caplog.records if match.group(1) in r.getMessage()]
     assert records and records[0].exc_info is not None
+
+
+@pytest.mark.parametrize("action", ["bad-initial-metadata", "bad-trailing-metadata"])
+async def test_invalid_response_metadata_is_internal_and_the_connection_lives(echo, caplog, action):
+    """Response metadata a handler got wrong (uppercase name, CR LF in a value) is never put on
+    the wire: the call is INTERNAL with a correlation id and the connection keeps serving."""
+    pb2 = echo.pb2
+    caplog.set_level(logging.ERROR, logger="anvil_trio.rpc")
+    async with running([make_servicer(echo)]) as server:
+        def client():
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = echo.pb2_grpc.EchoStub(channel)
+                bad = grpcio_status(lambda: stub.Unary(pb2.Ping(action=action), timeout=10))
+                good = stub.Unary(pb2.Ping(action="echo", payload=b"ok"), timeout=10)
+                return bad, good
+
+        (code, details), good = await in_thread(client)
+    assert code == grpc.StatusCode.INTERNAL
+    assert re.fullmatch(r"internal error \(correlation id [0-9a-f]{16}\)", details), details
+    assert good.payload == b"ok"
+
 
 
 async def test_dev_mode_puts_detail_into_internal_messages(echo):

@@ -36,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import logging
 import struct
 from typing import Any
@@ -55,6 +56,7 @@ from purerpc.grpclib.events import MessageReceived, RequestEnded, ResponseEnded
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 
 from ._frames import FrameReader, MessageAssembler
+from ._headers import ResponseHeaderEncoder, check_response_metadata
 
 __all__ = [
     "CallControl",
@@ -123,6 +125,12 @@ class EdgeConnection(GRPCConnection):
         super().__init__(config)
         # Frames and messages are cut out of received bytes with fewer copies (see _frames).
         self.h2_connection.incoming_buffer = FrameReader(server=not config.client_side)
+        # Response header blocks are encoded once and reused (see _headers). The edge builds
+        # every outgoing header itself and checks handlers' metadata (check_response_metadata),
+        # so h2's per-block normalising and checking of outgoing headers is skipped.
+        self.h2_connection.encoder = ResponseHeaderEncoder()
+        self.h2_connection.config.validate_outbound_headers = False
+        self.h2_connection.config.normalize_outbound_headers = False
         self.calls: dict[int, CallControl] = {}
         self.stream_registry: dict[int, Any] = {}
         self._retired: set[int] = set()
@@ -335,11 +343,66 @@ class EdgeConnection(GRPCConnection):
 _MESSAGE_HEADER = struct.Struct(">?I")
 
 
+class _Inbox:
+    """One stream's incoming purerpc events (headers, messages, end), in order.
+
+    It stands in for purerpc's unbounded anyio memory stream, which passes through the
+    scheduler on every send and every receive (six trips through the run loop for each unary
+    call) and warns from ``__del__`` about every stream, since purerpc never closes them. It is
+    unbounded like that stream: the connection's flow control bounds what a stream can have
+    queued. ``send`` never waits; ``receive`` waits only when the inbox is empty, and raises
+    ``Cancelled`` at once in a cancelled task. It serves as both ends of the pair purerpc keeps
+    in ``_incoming_events``.
+    """
+
+    __slots__ = ("_items", "_lot")
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def send(self, item: Any) -> None:
+        self._items.append(item)
+        if self._lot:
+            self._lot.unpark()
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._items:
+            await self._lot.park()
+        return self._items.popleft()
+
+    def receive_nowait(self) -> Any:
+        if not self._items:
+            raise anyio.WouldBlock
+        return self._items.popleft()
+
+
 class EdgeStream(GRPCProtoStream):
     """A server-side call stream that sends response headers lazily (so an error before the
     first message is a trailers-only response), attaches the call's metadata, releases flow
-    control per consumed message, and sends with bounded buffering.
+    control per consumed message, and sends with bounded buffering. Its incoming events wait
+    in an :class:`_Inbox`, and its events are trio's own.
     """
+
+    def __init__(self, grpc_connection, stream_id: int, socket, grpc_socket) -> None:
+        # purerpc's GRPCStream.__init__ state, with an _Inbox and a trio.Event in place of the
+        # anyio memory stream and anyio.Event it would build (and never close) for each call.
+        self._stream_id = stream_id
+        self._grpc_connection = grpc_connection
+        self._grpc_socket = grpc_socket
+        self._socket = socket
+        self._flow_control_update_event = trio.Event()
+        inbox = _Inbox()
+        self._incoming_events = (inbox, inbox)
+        self._response_started = False
+        self._state = GRPCStreamState.OPEN
+        self._start_stream_event = None
+        self._end_stream_event = None
+
+    async def _wait_flow_control_update(self) -> None:
+        await self._flow_control_update_event.wait()
+        self._flow_control_update_event = trio.Event()
 
     #: The handler's ``request`` object (a ``CallContext``); set by the call task.
     context: Any = None
@@ -350,7 +413,8 @@ class EdgeStream(GRPCProtoStream):
 
     async def send_message(self, message) -> None:
         if not self._response_started:
-            initial = tuple(self.context.initial_metadata) if self.context is not None else ()
+            initial = (check_response_metadata(self.context.initial_metadata)
+                       if self.context is not None and self.context.initial_metadata else ())
             await self.start_response(custom_metadata=initial)
         payload = message if isinstance(message, (bytes, bytearray, memoryview)) else (
             message.SerializeToString()
@@ -407,8 +471,13 @@ class EdgeStream(GRPCProtoStream):
         return event
 
     async def close(self, status=None, content_type_suffix="", custom_metadata=()):
-        if not custom_metadata and self.context is not None:
-            custom_metadata = tuple(self.context.trailing_metadata)
+        if not custom_metadata and self.context is not None and self.context.trailing_metadata:
+            try:
+                custom_metadata = check_response_metadata(self.context.trailing_metadata)
+            except ValueError:
+                # The call fails with INTERNAL for this; that status goes out without them.
+                self.context.trailing_metadata.clear()
+                raise
         if not self._response_started and not content_type_suffix:
             content_type_suffix = "+proto"
         return await super().close(status, content_type_suffix, custom_metadata)
@@ -427,6 +496,7 @@ class _EdgeSocketWrapper(SocketWrapper):
         self._max_outbound = max_outbound
         self._in_flight = 0
         self._room = trio.Event()
+        self._flush_event = trio.Event()
 
     def outbound_bytes(self) -> int:
         """Bytes waiting in the send buffer plus those the writer is sending now."""
@@ -455,7 +525,7 @@ class _EdgeSocketWrapper(SocketWrapper):
                     self._wake_senders()
                 elif self._running:
                     await self._flush_event.wait()
-                    self._flush_event = anyio.Event()
+                    self._flush_event = trio.Event()
                 else:
                     return
         finally:
