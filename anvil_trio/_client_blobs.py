@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from ._client_sources import ByteSource, Source, open_source
 from ._client_streams import ByteStream, replay_guard, with_sender

@@ -227,6 +227,10 @@ async def test_blob_upload_dedup_stat_get_list_delete(tmp_path):
         await client.delete_blob(small.key)
         with pytest.raises(NotFoundError):
             await client.stat_blob(small.key)
+        with pytest.raises(NotFoundError):
+            await client.get_blob(small.key)
+        with pytest.raises(OutOfRangeError):
+            await client.get_blob(first.key, start=len(data))
 
 
 async def test_interrupted_upload_resumes_with_its_upload_id(tmp_path):
