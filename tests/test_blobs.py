@@ -404,6 +404,31 @@ async def test_pin_blocks_delete(store: BlobStore, tmp_path: pathlib.Path) -> No
     assert files_under(tmp_path / "blobs") == []
 
 
+async def test_deferred_delete_moves_the_file_aside_at_once(
+    store: BlobStore, tmp_path: pathlib.Path
+) -> None:
+    """With defer_unlink the blob leaves blobs/ at once (a new write of the same content
+    creates it afresh) and the caller gets the moved file to purge; pinned files never move."""
+    data = b"deleted later"
+    with await store.write(pieces(data, 4)) as written:
+        handed = []
+        assert not await store.delete_if_unpinned(written.digest, defer_unlink=handed.append)
+        assert handed == [] and await store.exists(written.digest)
+    assert await store.delete_if_unpinned(written.digest, defer_unlink=handed.append)
+    [dead] = handed
+    assert not await store.exists(written.digest)
+    assert files_under(tmp_path / "tmp") == [dead] and dead.name.endswith(".dead")
+    assert dead.read_bytes() == data
+    again = await store.write(pieces(data, 3))
+    assert again.created and await read_all(store, again.digest) == data
+    again.release()
+    store.purge(dead)
+    store.purge(dead)  # already gone: nothing to do
+    assert files_under(tmp_path / "tmp") == []
+    assert not await store.delete_if_unpinned("0" * 64, defer_unlink=handed.append)
+    assert len(handed) == 1
+
+
 async def test_dedup_write_pins_existing_file(store: BlobStore) -> None:
     """A write deduplicated onto an existing file pins it, so a reaper cannot delete it."""
     with await store.write(pieces(b"shared", 2)):
@@ -495,15 +520,17 @@ async def test_delete_fault_keeps_file(tmp_path: pathlib.Path) -> None:
 
 
 async def test_remove_stale_temp(store: BlobStore, tmp_path: pathlib.Path) -> None:
-    """Only *.part files older than the cutoff are removed, and the count is returned."""
+    """*.part files older than the cutoff and *.dead files of any age are removed, and the
+    count is returned."""
     tmp = tmp_path / "tmp"
     old_part, new_part, old_other = tmp / ("a" * 32 + ".part"), tmp / "b.part", tmp / "c.txt"
-    for path in (old_part, new_part, old_other):
+    new_dead = tmp / ("d" * 32 + ".dead")
+    for path in (old_part, new_part, old_other, new_dead):
         path.write_bytes(b"junk")
     an_hour_ago = time.time() - 3600
     os.utime(old_part, (an_hour_ago, an_hour_ago))
     os.utime(old_other, (an_hour_ago, an_hour_ago))
-    assert await store.remove_stale_temp(60) == 1
+    assert await store.remove_stale_temp(60) == 2
     assert sorted(p.name for p in tmp.iterdir()) == ["b.part", "c.txt"]
     with pytest.raises(InvalidArgumentError):
         await store.remove_stale_temp(-1)

@@ -299,6 +299,42 @@ async def test_replacing_put_answers_before_the_old_bytes_are_deleted(
     await s.stop()
 
 
+async def test_a_held_unlink_does_not_hold_up_later_commits(
+    tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
+) -> None:
+    """A replaced object's file leaves blobs/ right after the put that replaced it, but is
+    unlinked by the metadata actor's worker: while that unlink is stuck, further puts and
+    deletes commit; sync() returns once it is done, and nothing is left in tmp/."""
+    release = threading.Event()
+
+    class HoldPurges(FaultInjector):
+        def before_step(self, step: str) -> None:
+            if step == "purge":
+                release.wait(30)
+            super().before_step(step)
+
+    s = await nursery.start(functools.partial(
+        run_storage, make_config(tmp_path), clock=clock, fault_injector=HoldPurges()))
+    await s.create_tenant("acme")
+    await s.create_bucket("acme", "flat")
+    first = await put(s, "flat", "k", b"first")
+    await put(s, "flat", "k", b"second")
+    for index in range(3):
+        await put(s, "flat", f"other-{index}", b"more")
+    tmp = tmp_path / "data" / "tmp"
+    try:
+        await s.delete_object("acme", "flat", "other-0")
+        assert not blob_file(s, first.etag).exists()  # moved aside before the next commit
+        dead = [p for p in tmp.iterdir() if p.suffix == ".dead"]
+        assert len(dead) == 1  # the first unlink is stuck; nothing else was unreferenced
+    finally:
+        release.set()
+    await s.sync()
+    assert [p for p in tmp.iterdir() if p.is_file()] == []
+    assert await body((await s.get_object("acme", "flat", "k"))[1]) == b"second"
+    await s.stop()
+
+
 async def test_list_objects_pages_and_delimiters(storage: Storage) -> None:
     """Keys list in UTF-8 byte order; common prefixes count toward max_keys across pages."""
     keys = ["b", "a/1", "a/2", "a/b/c", "Z", "é", "a", "c/x", "ab"]

@@ -4,6 +4,7 @@ Layout under ``root`` (the data dir)::
 
     blobs/ab/cd/<64 hex>   final files, named by the SHA-256 of their content, mode 0o444
     tmp/<32 hex>.part      bytes of a write in flight
+    tmp/<32 hex>.dead      a deleted blob's file, moved out of ``blobs/``, not yet unlinked
     uploads/<32 hex>       bytes of a resumable upload
 
 Invariants:
@@ -13,6 +14,10 @@ Invariants:
   cache where the file system allows it, see ``_direct``); it becomes visible only by one
   ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
   removed before the error propagates; after a crash, ``remove_stale_temp`` removes it.
+- A delete may move the file to ``tmp/*.dead`` (one ``rename``, under the digest's lock) and
+  leave the unlink, which takes tens of milliseconds for a large file, to the caller's worker:
+  from the rename on, the blob is gone for every later write and read. ``remove_stale_temp``
+  removes ``*.dead`` files of any age (left by a crash before the unlink).
 - Identical content is kept once: if the final file exists, the new part file is dropped and the
   write reports ``created=False``.
 - Pins: each digest has a pin count. Pinning, the existence check + rename of a write, and
@@ -76,6 +81,7 @@ __all__ = ["BlobPin", "BlobReader", "BlobStore", "WrittenBlob"]
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _PART_SUFFIX = ".part"
+_DEAD_SUFFIX = ".dead"
 _HASH_BATCH = 8 << 20  # bytes hashed per worker-thread call when finishing an upload
 
 
@@ -480,27 +486,52 @@ class BlobStore:
 
     # -- deleting -------------------------------------------------------------------------
 
-    async def delete_if_unpinned(self, digest: str) -> bool:
+    async def delete_if_unpinned(
+        self, digest: str, *, defer_unlink: Callable[[pathlib.Path], None] | None = None
+    ) -> bool:
         """Delete ``digest``'s file unless it is pinned.
+
+        Args:
+            defer_unlink: if given, the file is only moved to ``tmp/<random>.dead`` here (fast)
+                and ``defer_unlink(path)`` is called with its new path, to unlink it later
+                (e.g. with :meth:`purge` in a worker thread). The blob is gone either way.
 
         Returns:
             True if a file was deleted; False if it is pinned or does not exist.
 
         Raises:
-            InvalidArgumentError: malformed digest. StorageIOError: the unlink failed.
+            InvalidArgumentError: malformed digest. StorageIOError: the unlink (or the move)
+                failed.
         """
         path = self.blob_path(digest)
         async with self._digest_locks.hold(digest):
             if self._pins.get(digest):
                 return False
-            return await run_io("deleting a blob", self._disk.delete, path)
+            if defer_unlink is None:
+                return await run_io("deleting a blob", self._disk.delete, path)
+            dead = self._tmp_dir / f"{secrets.token_hex(16)}{_DEAD_SUFFIX}"
+            if not await run_io("deleting a blob", self._disk.delete, path, dead):
+                return False
+        defer_unlink(dead)
+        return True
+
+    def purge(self, dead: pathlib.Path) -> None:
+        """Unlink a file :meth:`delete_if_unpinned` moved aside (blocking: run it in a worker
+        thread). ``OSError`` is ignored: ``remove_stale_temp`` retries what is left."""
+        with contextlib.suppress(OSError):
+            self._disk.step("purge")
+        unlink_quietly(dead)
 
     def _list_stale_parts(self, older_than: float) -> list[str]:
         cutoff = time.time() - older_than
         stale = []
         with os.scandir(self._tmp_dir) as entries:
             for entry in entries:
-                if entry.name.endswith(_PART_SUFFIX) and entry.is_file(follow_symlinks=False):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.name.endswith(_DEAD_SUFFIX):
+                    stale.append(entry.name)  # deleted already: any age
+                elif entry.name.endswith(_PART_SUFFIX):
                     with contextlib.suppress(FileNotFoundError):
                         if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                             stale.append(entry.name)
@@ -511,7 +542,8 @@ class BlobStore:
 
     async def remove_stale_temp(self, older_than: float) -> int:
         """Remove ``tmp/*.part`` files last modified more than ``older_than`` seconds ago (wall
-        clock), except those of writes still running in this store.
+        clock), except those of writes still running in this store, and every ``tmp/*.dead``
+        file (deleted blobs whose unlink a crash cut short).
 
         Returns:
             How many files were removed.

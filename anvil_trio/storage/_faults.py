@@ -39,7 +39,7 @@ from ._errors import StorageError, StorageFullError, StorageIOError
 
 _T = TypeVar("_T")
 
-FaultStep = Literal["write", "fsync", "rename", "dir_fsync", "unlink"]
+FaultStep = Literal["write", "fsync", "rename", "dir_fsync", "unlink", "purge"]
 """The steps at which a fault can be injected."""
 
 #: ``SYNC_FILE_RANGE_WRITE`` of Linux ``<fcntl.h>``: start writeback of dirty pages, no wait.
@@ -128,7 +128,9 @@ class FaultInjector:
             self._raise(f"byte {self.fail_after_bytes}")
 
     def before_step(self, step: FaultStep) -> None:
-        """Called before ``"fsync"``, ``"rename"``, ``"dir_fsync"`` or ``"unlink"``.
+        """Called before ``"fsync"``, ``"rename"``, ``"dir_fsync"``, ``"unlink"`` (deleting a
+        blob: the unlink, or the move aside of a deferred one) or ``"purge"`` (a deferred
+        unlink).
 
         Raises:
             OSError: when ``fail_at`` names this step.
@@ -267,7 +269,14 @@ class DiskSteps:
         os.rename(src, final)
         return True
 
-    def delete(self, path: pathlib.Path) -> bool:
-        """Unlink a final blob file; False if it did not exist."""
+    def delete(self, path: pathlib.Path, dead: pathlib.Path | None = None) -> bool:
+        """Unlink a final blob file, or with ``dead``, rename it there (to unlink later); False
+        if it did not exist."""
         self.step("unlink")
-        return unlink_existing(path)
+        if dead is None:
+            return unlink_existing(path)
+        try:
+            os.rename(path, dead)
+        except FileNotFoundError:
+            return False
+        return True

@@ -38,6 +38,7 @@ import trio
 
 from ..actors import Actor
 from ._blobs import BlobStore
+from ._pipeline import Lane
 from ._errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -665,10 +666,13 @@ class MetadataActor(Actor):
 
     Messages: the write messages of :mod:`._metadata` (reply: their value), :class:`ReclaimBlob`
     (reply: whether a file was deleted) and :class:`Sync`. The files a write left unreferenced
-    are deleted right after its reply is sent (``after_reply``), still before the next message:
-    the refcount check and the unlink never interleave with another commit, and the writer is
-    not kept waiting for an unlink (tens of milliseconds for a large file). A :class:`Sync`
-    sent after a write is answered only once that write's files are gone.
+    are deleted right after its reply is sent (``after_reply``), still before the next message,
+    so the refcount check and the delete never interleave with another commit. The delete
+    there is a rename out of ``blobs/`` (:meth:`BlobStore.delete_if_unpinned` with
+    ``defer_unlink``); the unlink itself, tens of milliseconds for a large file, runs in the
+    actor's own worker thread (a :class:`~._pipeline.Lane`), so the next commit does not wait
+    for it. A :class:`Sync` sent after a write is answered only once that write's files are
+    unlinked.
     :class:`StorageError` is replied; anything else (a broken connection or disk) crashes the
     actor so the supervisor restarts it (files it had yet to delete are left to the reaper).
     """
@@ -680,19 +684,32 @@ class MetadataActor(Actor):
         self._blobs = blobs
         self._writer: MetadataWriter | None = None
         self._zeroed: tuple[str, ...] = ()
+        self._unlinker: Lane | None = None
 
     async def on_start(self) -> None:
         self._writer = await trio.to_thread.run_sync(MetadataWriter, self._path)
+        self._unlinker = Lane("deleting blob files")
 
     async def on_stop(self) -> None:
+        if self._unlinker is not None:
+            try:
+                await self._unlinker.wait(self._unlinker.submitted)
+            finally:
+                await self._unlinker.close()  # what is left, the reaper removes
         if self._writer is not None:
             await trio.to_thread.run_sync(self._writer.close)
+
+    def _unlink_later(self, dead: Path) -> None:
+        assert self._unlinker is not None
+        self._unlinker.submit(self._blobs.purge, dead)
 
     async def receive(self, message: Any) -> Any:
         assert self._writer is not None
         if isinstance(message, ReclaimBlob):
             return await self._reclaim(message.digest)
         if isinstance(message, Sync):
+            assert self._unlinker is not None
+            await self._unlinker.wait(self._unlinker.submitted)
             return None
         result = await trio.to_thread.run_sync(self._writer.apply, message)
         self._zeroed = tuple(result.zeroed)
@@ -702,13 +719,15 @@ class MetadataActor(Actor):
         zeroed, self._zeroed = self._zeroed, ()
         for digest in zeroed:
             try:
-                await self._reclaim(digest)
+                await self._reclaim(digest, defer_unlink=True)
             except StorageError:
                 pass  # committed already; the reaper retries the file later
 
-    async def _reclaim(self, digest: str) -> bool:
+    async def _reclaim(self, digest: str, *, defer_unlink: bool = False) -> bool:
         assert self._writer is not None
         count = await trio.to_thread.run_sync(read_refcount, self._writer.conn, digest)
         if count:
             return False
-        return await self._blobs.delete_if_unpinned(digest)
+        return await self._blobs.delete_if_unpinned(
+            digest, defer_unlink=self._unlink_later if defer_unlink else None
+        )
