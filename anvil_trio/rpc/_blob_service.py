@@ -11,7 +11,8 @@ Invariants:
 * ``GetBlob`` streams ``BlobChunk`` messages of at most :data:`MAX_CHUNK_BYTES` (1 MiB) whose
   ``offset`` is the absolute position of the chunk's first byte in the blob; the chunks are
   contiguous from the range's (clamped) start to its (clamped) end. An empty range or blob
-  yields no chunk.
+  yields no chunk. Each is serialized straight into its frame
+  (:func:`~._wire.bytes_field_message`: one copy of the bytes).
 * ``ListBlobs`` streams ``BlobMetadata`` in ascending key order, strictly after
   ``start_after``; ``limit`` 0 means 1000 and larger limits are capped at 1000.
 * Handlers only translate; errors are raised and mapped to statuses by the edge's one table.
@@ -28,6 +29,7 @@ from .._proto.anvil.v1.blob_grpc import BlobServiceServicer
 from ..storage import BlobInfo, InvalidArgumentError, parse_blob_key
 from ._calls import CallContext
 from ._common import ServiceContext, call_storage, principal
+from ._wire import PreFramed, bytes_field_message, varint_field
 
 __all__ = ["MAX_CHUNK_BYTES", "BlobService", "blob_metadata", "timestamp_from_seconds"]
 
@@ -83,7 +85,7 @@ class BlobService(BlobServiceServicer):
 
     async def GetBlob(  # noqa: N802 - gRPC method name
         self, message: blob_pb2.GetBlobRequest, request: CallContext
-    ) -> AsyncIterator[blob_pb2.BlobChunk]:
+    ) -> AsyncIterator[PreFramed]:
         """Stream ``[range.start, range.end)`` of a blob (whole blob without a range).
 
         Yields:
@@ -107,7 +109,8 @@ class BlobService(BlobServiceServicer):
             async for data in reader:
                 for at in range(0, len(data), MAX_CHUNK_BYTES):
                     piece = data[at : at + MAX_CHUNK_BYTES]
-                    yield blob_pb2.BlobChunk(data=piece, offset=offset)
+                    # BlobChunk{data = 1, offset = 2}, serialized straight into its frame.
+                    yield bytes_field_message(1, piece, varint_field(2, offset))
                     offset += len(piece)
 
     async def StatBlob(  # noqa: N802 - gRPC method name

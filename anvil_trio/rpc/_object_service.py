@@ -18,8 +18,9 @@ Invariants:
   connection, the client's deadline or any storage error before the commit leaves nothing
   visible. Puts are not retried (their input cannot be replayed).
 * ``GetObject`` sends the object's info first, then chunks of at most 1 MiB (storage's reader
-  chunk size); the reader is closed however the call ends (the edge closes the handler's
-  generator on cancellation).
+  chunk size), each serialized straight into its frame (:func:`~._wire.bytes_field_message`:
+  one copy of the bytes); the reader is closed however the call ends (the edge closes the
+  handler's generator on cancellation).
 * Handlers raise domain errors; the edge maps them through the one table in ``_status``.
 """
 
@@ -41,6 +42,7 @@ from ..storage._validation import (
 from ._bucket_service import to_timestamp
 from ._calls import CallContext
 from ._common import ServiceContext, call_storage, principal
+from ._wire import PreFramed, bytes_field_message
 
 __all__ = ["MAX_RESPONSE_CHUNK_BYTES", "ObjectService", "object_info_message"]
 
@@ -199,7 +201,7 @@ class ObjectService(object_grpc.ObjectServiceServicer):
 
     async def GetObject(  # noqa: N802 - gRPC method name
         self, input_message: object_pb2.GetObjectRequest, request: CallContext
-    ) -> AsyncIterator[object_pb2.GetObjectResponse]:
+    ) -> AsyncIterator[object_pb2.GetObjectResponse | PreFramed]:
         """Stream an object (or a version, or a range of either): info, then chunks of at most
         1 MiB (needs ``read:bucket:NAME/KEY``).
 
@@ -222,7 +224,8 @@ class ObjectService(object_grpc.ObjectServiceServicer):
             async for chunk in reader:
                 for offset in range(0, len(chunk), MAX_RESPONSE_CHUNK_BYTES):
                     piece = chunk[offset:offset + MAX_RESPONSE_CHUNK_BYTES]
-                    yield object_pb2.GetObjectResponse(chunk=piece)
+                    # GetObjectResponse{chunk = 2}, serialized straight into its frame.
+                    yield bytes_field_message(2, piece)
 
     async def HeadObject(  # noqa: N802 - gRPC method name
         self, input_message: object_pb2.HeadObjectRequest, request: CallContext

@@ -63,7 +63,10 @@ __all__ = [
     "EdgeConnection",
     "EdgeSocket",
     "EdgeStream",
+    "PreFramed",
     "TrioStreamAdapter",
+    "bytes_field_message",
+    "varint_field",
 ]
 
 log = logging.getLogger("anvil_trio.rpc")
@@ -343,6 +346,61 @@ class EdgeConnection(GRPCConnection):
 _MESSAGE_HEADER = struct.Struct(">?I")
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class PreFramed:
+    """A response message already in its wire form: the 5-byte gRPC prefix, then the
+    serialized message. :meth:`EdgeStream.send_message` sends it as it is, in frames cut by
+    ``memoryview`` slicing. Built by :func:`bytes_field_message` for the bulk data streams.
+
+    Attributes:
+        wire: prefix and message.
+    """
+
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+
+    def __len__(self) -> int:
+        return len(self.wire) - _MESSAGE_HEADER.size
+
+
+def bytes_field_message(field_number: int, data: bytes, tail: bytes = b"") -> PreFramed:
+    """A message holding ``data`` in its ``bytes`` field ``field_number``, followed by the
+    already serialized fields ``tail``, ready to send: ``data`` is copied once (building the
+    same bytes with a protobuf class copies it twice, and framing them a third time).
+
+    Args:
+        field_number: 1-15 (a one-byte tag).
+        data: the field's bytes (any buffer).
+        tail: serialized further fields, appended as they are.
+
+    Raises:
+        ValueError: ``field_number`` outside 1-15.
+    """
+    if not 1 <= field_number <= 15:
+        raise ValueError("field_number must be 1-15")
+    length = len(data)
+    field = bytes(((field_number << 3) | 2,)) + _varint(length)
+    size = len(field) + length + len(tail)
+    return PreFramed(b"".join((_MESSAGE_HEADER.pack(False, size), field, data, tail)))
+
+
+def varint_field(field_number: int, value: int) -> bytes:
+    """A serialized varint field (``int64``/``uint64`` >= 0), or nothing for 0 (proto3)."""
+    if not value:
+        return b""
+    return _varint(field_number << 3) + _varint(value)
+
+
 class _Inbox:
     """One stream's incoming purerpc events (headers, messages, end), in order.
 
@@ -416,12 +474,33 @@ class EdgeStream(GRPCProtoStream):
             initial = (check_response_metadata(self.context.initial_metadata)
                        if self.context is not None and self.context.initial_metadata else ())
             await self.start_response(custom_metadata=initial)
-        payload = message if isinstance(message, (bytes, bytearray, memoryview)) else (
-            message.SerializeToString()
-        )
         self.sending_partial = True
-        await self._send(payload)
+        if isinstance(message, PreFramed):
+            await self._send_wire(message)
+        else:
+            payload = message if isinstance(message, (bytes, bytearray, memoryview)) else (
+                message.SerializeToString()
+            )
+            await self._send(payload)
         self.sending_partial = False
+
+    async def _send_wire(self, message: PreFramed) -> None:
+        if len(message) > self._grpc_connection.config.max_message_length:
+            raise MessageTooLargeError(
+                f"response message of {len(message)} bytes exceeds the limit of "
+                f"{self._grpc_connection.config.max_message_length}"
+            )
+        connection: EdgeConnection = self._grpc_connection
+        wire = memoryview(message.wire)
+        while wire:
+            await self._socket.wait_for_room()
+            window = connection.flow_control_window(self._stream_id)
+            if window <= 0:
+                await self._wait_flow_control_update()
+                continue
+            connection.send_data(self._stream_id, wire[:window])
+            wire = wire[window:]
+            await self._socket.flush()
 
     async def _send(self, message, compress=False):
         if compress:
