@@ -308,7 +308,9 @@ async def test_point_reads_run_inline_and_see_each_commit(writer: m.MetadataWrit
         with pytest.raises(NotFoundError):
             await reader.run(q.read_object, "acme", "bkt", b"missing", None)
         assert (await reader.run(q.read_bucket, "acme", "bkt")).versioning
-        assert (reader.inline_reads, reader.pooled_reads) == (4, 0)
+        bucket, current, tenant = await reader.run(q.read_put_context, "acme", "bkt", b"k")
+        assert (bucket.name, current.size, tenant.used_bytes) == ("bkt", 10, 10)
+        assert (reader.inline_reads, reader.pooled_reads) == (5, 0)
         assert len(await reader.run(q.read_buckets, "acme")) == 2  # a scan: pooled
         assert reader.pooled_reads == 1
         conn = reader._inline_conn

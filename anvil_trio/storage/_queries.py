@@ -6,8 +6,8 @@ Invariants:
   so a page of a listing is consistent even while the writer commits.
 * Read connections are ``query_only``; a write through them fails. They are separate from the
   writer's connection, so in WAL mode a read never waits for a write.
-* Point reads (:data:`POINT_READS`: one row found through a unique index, plus the bucket or
-  tenant it belongs to) run inline on the event loop's thread, on a dedicated connection whose
+* Point reads (:data:`POINT_READS`: a row or three found through unique indexes, e.g. an
+  object, its bucket and its tenant) run inline on the event loop's thread, on a dedicated connection whose
   busy timeout is 0, instead of hopping to a worker thread (the hop costs ~100 µs, the read
   ~20 µs). The guard: the inline connection never waits in SQLite's busy handler; a read that
   meets SQLITE_BUSY or SQLITE_LOCKED (WAL recovery after a crash, a database that is not in WAL
@@ -528,7 +528,9 @@ def read_upload_ids(conn: sqlite3.Connection) -> set[str]:
 
 #: Reads that run inline on the event loop's thread: each looks up one row through a unique
 #: index (plus its bucket or tenant), touching a handful of pages.
-POINT_READS = frozenset({read_object, read_bucket, read_tenant, read_blob, read_upload})
+POINT_READS = frozenset(
+    {read_object, read_bucket, read_tenant, read_blob, read_upload, read_put_context}
+)
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
