@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -174,6 +175,122 @@ async def test_after_reply_runs_after_the_answer_and_before_the_next_message(
         assert (stats.crashes, stats.restarts) == (1, 1)
         assert await ref.ask(Get()) == 0  # a fresh incarnation
         await sup.stop()
+
+
+class Batching(Counter):
+    """Takes up to 3 waiting messages at once; records each batch; crashes on a batch that
+    holds Fail, and answers Refuse with a reply error inside the batch."""
+
+    batch_limit = 3
+
+    async def receive_batch(self, messages: Any) -> list[outcome.Outcome]:
+        self.journal.events.append(f"batch {len(messages)}")
+        if any(isinstance(message, Fail) for message in messages):
+            raise RuntimeError("batch crashed")
+        return await super().receive_batch(messages)
+
+    async def after_reply(self) -> None:
+        self.journal.events.append("after")
+
+
+async def test_waiting_messages_are_handled_as_batches_in_order(autojump_clock: Any) -> None:
+    """Messages already waiting go to receive_batch together (at most batch_limit), in order;
+    each ask gets its own answer, a reply error answers only its message, and after_reply runs
+    once per batch, after every answer of it."""
+    journal = Journal()
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        sup, ref = await start(nursery, lambda: Batching(journal))
+        answers: dict[int, Any] = {}
+
+        async def ask(index: int, message: Any) -> None:
+            try:
+                answers[index] = await ref.ask(message)
+            except Refused as exc:
+                answers[index] = exc
+
+        nursery.start_soon(ask, 0, Block(gate))
+        await trio.testing.wait_all_tasks_blocked()
+        for index, message in enumerate([Add(1), Refuse(), Add(2), Add(3), Get()], start=1):
+            nursery.start_soon(ask, index, message)
+            await trio.testing.wait_all_tasks_blocked()
+        ref.tell_nowait(Refuse())  # dropped for a tell, inside a batch too
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers[0] == "unblocked"
+        assert (answers[1], answers[3], answers[4], answers[5]) == (1, 3, 6, 6)
+        assert isinstance(answers[2], Refused)
+        assert journal.events == ["start", "after", "batch 3", "after", "batch 3", "after"]
+        stats = sup.statistics().child("c")
+        assert (stats.messages_processed, stats.batches_processed) == (7, 3)
+        await sup.stop()
+
+
+async def test_a_crash_in_a_batch_answers_every_message_of_it(autojump_clock: Any) -> None:
+    """A batch that crashes fails each of its asks with ActorCrashedError, and the restarted
+    actor serves the next message alone."""
+    journal = Journal()
+    gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        sup, ref = await start(nursery, lambda: Batching(journal))
+        failures: list[type] = []
+
+        async def ask(message: Any) -> None:
+            try:
+                await ref.ask(message)
+            except ActorCrashedError as exc:
+                failures.append(type(exc.__cause__))
+
+        nursery.start_soon(ask, Block(gate))
+        await trio.testing.wait_all_tasks_blocked()
+        for message in (Add(1), Fail(), Add(2)):
+            nursery.start_soon(ask, message)
+            await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert failures == [RuntimeError] * 3
+        await trio.sleep(2)  # past the 1 s backoff
+        assert await ref.ask(Get()) == 0
+        assert journal.events[-2:] == ["start", "after"]
+        await sup.stop()
+
+
+async def test_a_batch_with_a_wrong_outcome_crashes(autojump_clock: Any) -> None:
+    """receive_batch must answer each message once, and only with reply errors: a short list
+    or an Error that is not a reply error is a crash, not a hang."""
+
+    class Wrong(Counter):
+        batch_limit = 4
+
+        def __init__(self, result: Any) -> None:
+            super().__init__()
+            self.result = result
+
+        async def receive_batch(self, messages: Any) -> list[outcome.Outcome]:
+            return self.result
+
+    for result in ([outcome.Value(1)], [outcome.Error(KeyError("x")), outcome.Value(2)]):
+        gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            sup, ref = await start(nursery, lambda result=result: Wrong(result))
+            crashed: list[bool] = []
+
+            async def ask(message: Any) -> None:
+                try:
+                    await ref.ask(message)
+                except ActorCrashedError:
+                    crashed.append(True)
+
+            nursery.start_soon(ask, Block(gate))
+            await trio.testing.wait_all_tasks_blocked()
+            for message in (Add(1), Add(2)):
+                nursery.start_soon(ask, message)
+                await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert crashed == [True, True]
+            assert sup.statistics().child("c").crashes == 1
+            await sup.stop()
 
 
 async def test_reply_error_reaches_asker_without_crash(autojump_clock: Any) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anvil_trio.storage import (
     AlreadyExistsError,
@@ -419,3 +422,146 @@ def test_read_object_names_what_is_missing(writer: m.MetadataWriter) -> None:
         read(writer, q.read_object, "acme", "bkt", b"j", first.version_id)
     with pytest.raises(NotFoundError, match="bucket"):
         read(writer, q.read_object, "nobody", "bkt", b"k", None)
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+def state(w: m.MetadataWriter) -> tuple:
+    """Everything a write can change, without the random version ids."""
+    conn = w.conn
+    return (
+        conn.execute(
+            "SELECT b.name, o.key, o.latest, o.delete_marker, o.digest, o.size FROM object_versions o"
+            " JOIN buckets b ON b.id = o.bucket_id ORDER BY o.seq").fetchall(),
+        conn.execute("SELECT digest, size, refcount FROM blobs ORDER BY digest").fetchall(),
+        conn.execute("SELECT name, used_bytes FROM tenants ORDER BY name").fetchall(),
+        conn.execute("SELECT name FROM buckets ORDER BY name").fetchall(),
+    )
+
+
+def outcome_of(result) -> tuple:
+    if isinstance(result, StorageError):
+        return ("error", type(result))
+    value = result.value
+    shape = (value.size, value.etag) if isinstance(value, q.ObjectInfo) else type(value)
+    return ("ok", shape, tuple(sorted(result.zeroed)))
+
+
+_DIGESTS = ["a" * 64, "b" * 64, "c" * 64]
+_write_messages = st.one_of(
+    st.builds(
+        lambda bucket, key, digest, size, inm: m.CommitPut(
+            "acme", bucket, key, digest, size, "t", {}, inm, 2.0),
+        st.sampled_from(["bkt", "flat", "nope"]), st.sampled_from([b"k1", b"k2"]),
+        st.sampled_from(_DIGESTS), st.integers(1, 60), st.booleans(),
+    ),
+    st.builds(
+        lambda bucket, key: m.DeleteObject("acme", bucket, key, None, 3.0),
+        st.sampled_from(["bkt", "flat"]), st.sampled_from([b"k1", b"k2"]),
+    ),
+    st.builds(lambda name: m.CreateBucket("acme", name, False, 1.0),
+              st.sampled_from(["flat", "extra"])),
+    st.builds(lambda quota: m.SetTenantQuota("acme", quota), st.sampled_from([None, 100])),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_write_messages, min_size=1, max_size=12))
+def test_apply_many_equals_one_by_one_in_one_transaction(tmp_path_factory, messages) -> None:
+    """Applying messages together (one transaction, a savepoint each) gives every message the
+    result it gets alone, in order, and leaves the same state; one commit for all."""
+    writers = []
+    for name in ("many", "single"):
+        w = m.MetadataWriter(tmp_path_factory.mktemp(name) / "meta.sqlite3")
+        w.apply(m.CreateTenant("acme", None, 1.0))
+        w.apply(m.CreateBucket("acme", "bkt", True, 1.0))
+        w.apply(m.CreateBucket("acme", "flat", False, 1.0))
+        writers.append(w)
+    many, single = writers
+    try:
+        before = many.transactions
+        together = many.apply_many(messages)
+        assert many.transactions == before + 1
+        alone = []
+        for message in messages:
+            try:
+                alone.append(single.apply(message))
+            except StorageError as exc:
+                alone.append(exc)
+        assert [outcome_of(r) for r in together] == [outcome_of(r) for r in alone]
+        assert state(many) == state(single)
+    finally:
+        many.close()
+        single.close()
+
+
+@attrs.frozen
+class HalfDone:
+    """A write that changes a row, then fails."""
+
+    op = "half_done"
+    tenant: str
+
+
+class FailingHalfway(m.MetadataWriter):
+    def _half_done(self, conn, message):
+        conn.execute("UPDATE tenants SET used_bytes = 999 WHERE name = ?", (message.tenant,))
+        raise QuotaExceededError("failed after a change")
+
+
+def test_apply_many_undoes_a_failed_message_alone(tmp_path: Path) -> None:
+    """A message that fails after changing rows is rolled back to its own savepoint: its change
+    is gone, the messages around it are committed."""
+    w = FailingHalfway(tmp_path / "meta.sqlite3")
+    try:
+        results = w.apply_many([
+            m.CreateTenant("acme", None, 1.0), HalfDone("acme"), m.CreateTenant("beta", 5, 1.0),
+        ])
+        assert isinstance(results[1], QuotaExceededError)
+        assert [r.value.name for r in (results[0], results[2])] == ["acme", "beta"]
+        assert w.conn.execute("SELECT name, used_bytes FROM tenants ORDER BY name").fetchall() == [
+            ("acme", 0), ("beta", 0)]
+    finally:
+        w.close()
+
+
+async def test_metadata_actor_commits_a_batch_together_and_keeps_order(tmp_path: Path) -> None:
+    """Waiting writes go to the writer as one transaction; a failing one fails alone; a Sync
+    in the batch is answered in its place, after the files of the writes before it are gone."""
+    from anvil_trio.storage._blobs import BlobStore
+
+    blobs = BlobStore(tmp_path / "data")
+    actor = m.MetadataActor(tmp_path / "meta.sqlite3", blobs)
+    await actor.on_start()
+    try:
+        old = await blobs.write(_pieces(b"old"))
+        old.release()
+        assert len(await actor.receive_batch([
+            m.CreateTenant("acme", None, 1.0),
+            m.CreateBucket("acme", "flat", False, 1.0),
+        ])) == 2
+        await actor.receive(m.CommitPut("acme", "flat", b"k", old.digest, 3, "t", {}, False, 2.0))
+        new = await blobs.write(_pieces(b"new"))
+        new.release()
+        before = actor._writer.transactions
+        results = await actor.receive_batch([
+            m.CommitPut("acme", "flat", b"k", new.digest, 3, "t", {}, False, 3.0),
+            m.CreateBucket("acme", "flat", False, 1.0),
+            m.Sync(),
+            m.CreateBucket("acme", "other", False, 1.0),
+        ])
+        assert actor._writer.transactions == before + 2  # the writes before and after Sync
+        assert results[0].unwrap().etag == new.digest
+        with pytest.raises(AlreadyExistsError):
+            results[1].unwrap()
+        assert results[2].unwrap() is None
+        assert results[3].unwrap().name == "other"
+        assert not await blobs.exists(old.digest)  # replaced, and deleted before Sync answered
+        assert await blobs.exists(new.digest)
+    finally:
+        await actor.on_stop()
+
+
+async def _pieces(data: bytes):
+    yield data

@@ -335,6 +335,29 @@ async def test_a_held_unlink_does_not_hold_up_later_commits(
     await s.stop()
 
 
+async def test_concurrent_writes_are_committed_together(storage: Storage) -> None:
+    """Writes that wait for the metadata actor at the same moment are committed as one batch
+    (group commit), and each still gets its own answer."""
+    before = storage.statistics().child("metadata")
+    names = [f"group-{index}" for index in range(12)]
+    created: dict[str, str] = {}
+
+    async def create(name: str) -> None:
+        try:
+            created[name] = (await storage.create_bucket("acme", name)).name
+        except AlreadyExistsError:
+            created[name] = "exists"
+
+    async with trio.open_nursery() as nursery:
+        for name in names + ["flat"]:  # "flat" exists: that one fails on its own
+            nursery.start_soon(create, name)
+    after = storage.statistics().child("metadata")
+    assert created == {**{name: name for name in names}, "flat": "exists"}
+    assert after.messages_processed - before.messages_processed == 13
+    assert after.batches_processed - before.batches_processed < 13
+    assert {b.name for b in await storage.list_buckets("acme")} >= set(names)
+
+
 async def test_list_objects_pages_and_delimiters(storage: Storage) -> None:
     """Keys list in UTF-8 byte order; common prefixes count toward max_keys across pages."""
     keys = ["b", "a/1", "a/2", "a/b/c", "Z", "é", "a", "c/x", "ab"]

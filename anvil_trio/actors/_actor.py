@@ -7,7 +7,10 @@ Invariants:
   restart puts a new incarnation (new actor, new mailbox) into the same slot.
 - Messages are handled one at a time, in arrival order. ``receive``'s return value answers an
   ask; an exception listed in ``reply_errors`` answers the ask (or is dropped for a tell) and
-  the actor keeps going; any other ``Exception`` crashes the incarnation.
+  the actor keeps going; any other ``Exception`` crashes the incarnation. An actor whose
+  ``batch_limit`` is above 1 may be handed several messages at once (``receive_batch``): only
+  messages that were already waiting when the first was taken, in arrival order, answered each
+  on its own once the batch is done; a crash answers every one of them with the crash.
 - Nothing hangs. When an incarnation ends for any reason (crash, kill, outside cancellation)
   it first *shuts* its mailbox (closes the send end, so new and blocked senders get an error at
   once) and then answers, synchronously, the ask it was handling and every ask still queued,
@@ -26,9 +29,11 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 import attrs
+import outcome
 import trio
 
 from ._errors import (
@@ -76,9 +81,13 @@ class Actor:
             exception is sent back to the asker (dropped for a tell) and the actor keeps
             running. Any other ``Exception`` crashes the actor. List ``Exception`` subclasses
             only.
+        batch_limit: the most messages the runtime hands to :meth:`receive_batch` at once.
+            With the default 1 every message goes to :meth:`receive`; above 1, when more than
+            one message is already waiting, up to this many go to ``receive_batch`` together.
     """
 
     reply_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    batch_limit: ClassVar[int] = 1
 
     async def on_start(self) -> None:
         """Prepare before the first message (open files, connect to databases).
@@ -97,12 +106,32 @@ class Actor:
         """
         raise TypeError(f"{type(self).__name__} does not handle the message {message!r}")
 
+    async def receive_batch(self, messages: Sequence[Any]) -> list[outcome.Outcome]:
+        """Handle several messages that were waiting together (see ``batch_limit``), in order,
+        e.g. to write them in one transaction. Their replies are sent once it returns.
+
+        Returns:
+            One ``outcome.Value(reply)`` or ``outcome.Error(exc)`` per message, in order; an
+            ``Error`` must hold a ``reply_errors`` instance (it answers that message).
+
+        Raises:
+            Anything: a crash, which answers every message of the batch with the crash. By
+            default each message goes to :meth:`receive` in turn.
+        """
+        results: list[outcome.Outcome] = []
+        for message in messages:
+            try:
+                results.append(outcome.Value(await self.receive(message)))
+            except self.reply_errors as exc:
+                results.append(outcome.Error(exc))
+        return results
+
     async def after_reply(self) -> None:
         """Follow-up work for the message just handled, done after its reply was sent.
 
-        Runs once after every message, before the next one is taken, so it is ordered with
-        the messages like ``receive`` is, but no asker waits for it (use it for cleanup that
-        need not delay the answer). An exception here crashes the actor. Does nothing by
+        Runs once after every message (after a batch: once, after all its replies), before
+        the next one is taken, so it is ordered with the messages like ``receive`` is, but no
+        asker waits for it (use it for cleanup that need not delay the answer). An exception here crashes the actor. Does nothing by
         default (and is then not called at all).
         """
 
@@ -176,6 +205,7 @@ class _Slot:
     restarts: int = 0
     crashes: int = 0
     processed: int = 0
+    batches: int = 0
     max_depth: int = 0
     last_crash: str | None = None
 
@@ -329,7 +359,8 @@ class _Incarnation:
     rejection: ErrorFactory | None = None
     #: what pending asks get if the incarnation is cancelled
     kill_reason: ErrorFactory = attrs.field()
-    current: _Envelope | None = None
+    #: the messages being handled (one, or a batch)
+    current: list[_Envelope] = attrs.Factory(list)
     #: ``on_start`` completed
     started: bool = False
     #: ``on_stop`` was called (it is called at most once)
@@ -369,9 +400,9 @@ class _Incarnation:
         """Shut, then answer the current ask and every queued ask with ``reason``'s error,
         and close the mailbox. Synchronous, so it completes even under cancellation."""
         self.shut(reason)
-        current, self.current = self.current, None
-        if current is not None:
-            current.answer(_Reply(error=reason()))
+        current, self.current = self.current, []
+        for envelope in current:
+            envelope.answer(_Reply(error=reason()))
         while True:
             try:
                 envelope = self.receive.receive_nowait()
@@ -419,28 +450,59 @@ class _Incarnation:
     async def _loop(self, actor: Actor) -> None:
         reply_errors = tuple(actor.reply_errors)
         follow_up = actor.after_reply if type(actor).after_reply is not Actor.after_reply else None
+        limit = max(1, actor.batch_limit)
         slot = self.slot
         while True:
             try:
                 envelope = await self.receive.receive()
             except trio.EndOfChannel:
                 return  # shut and drained
-            self.current = envelope
-            try:
-                value = await actor.receive(envelope.message)
-            except reply_errors as exc:
-                reply = _Reply(error=exc)
-                if envelope.reply is None:
-                    logger.debug("actor %r: dropped %r raised for a tell", slot.name, exc)
+            batch = [envelope]
+            while len(batch) < limit:
+                try:
+                    batch.append(self.receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self.current = batch
+            if len(batch) == 1:
+                try:
+                    replies = [_Reply(value=await actor.receive(envelope.message))]
+                except reply_errors as exc:
+                    replies = [_Reply(error=exc)]
             else:
-                reply = _Reply(value=value)
-            self.current = None
-            slot.processed += 1
-            envelope.answer(reply)
+                replies = self._replies(
+                    await actor.receive_batch([e.message for e in batch]), len(batch),
+                    reply_errors,
+                )
+            self.current = []
+            slot.processed += len(batch)
+            slot.batches += 1
+            for envelope, reply in zip(batch, replies):
+                if envelope.reply is None and reply.error is not None:
+                    logger.debug("actor %r: dropped %r raised for a tell", slot.name, reply.error)
+                envelope.answer(reply)
             if follow_up is not None:
                 await follow_up()
             if actor.stop_requested:
                 self.shut(self.on_self_stop)
+
+    @staticmethod
+    def _replies(
+        results: Sequence[outcome.Outcome], count: int, reply_errors: tuple[type, ...]
+    ) -> list[_Reply]:
+        """The replies for a batch's outcomes; a wrong count or an error that is not a reply
+        error is raised (a crash)."""
+        if len(results) != count:
+            raise RuntimeError(f"receive_batch returned {len(results)} outcomes for {count}")
+        replies = []
+        for result in results:
+            if isinstance(result, outcome.Error):
+                if not isinstance(result.error, reply_errors):
+                    raise result.error
+                replies.append(_Reply(error=result.error))
+            else:
+                replies.append(_Reply(value=result.unwrap()))
+        return replies
 
     def _crashed(self, exc: Exception) -> Exit:
         slot = self.slot

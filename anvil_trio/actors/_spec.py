@@ -102,6 +102,8 @@ class ActorStats:
         mailbox_size: the mailbox capacity.
         messages_processed: messages whose ``receive`` finished (returned, or raised one of the
             actor's ``reply_errors``), over all incarnations.
+        batches_processed: how many ``receive`` or ``receive_batch`` calls handled them (fewer
+            than the messages when waiting messages were handled together).
         last_crash: ``repr`` of the last exception that crashed it, or ``None``.
     """
 
@@ -114,6 +116,7 @@ class ActorStats:
     mailbox_max_depth: int
     mailbox_size: int
     messages_processed: int
+    batches_processed: int
     last_crash: str | None
 
 

@@ -602,5 +602,6 @@ class Supervisor:
             mailbox_max_depth=slot.max_depth,
             mailbox_size=slot.mailbox_size,
             messages_processed=slot.processed,
+            batches_processed=slot.batches,
             last_crash=slot.last_crash,
         )

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
+import outcome
 import trio
 
 from ..actors import Actor
@@ -318,20 +319,34 @@ class WriteResult:
 # ---------------------------------------------------------------------------------- writer
 
 
+def _operational_error(exc: sqlite3.OperationalError) -> Exception:
+    """The storage error for a failed SQLite write: busy or locked (retry), disk full; else
+    ``exc`` itself."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StorageUnavailableError("metadata is busy; retry")
+    if "full" in text:
+        return StorageFullError("metadata disk is full")
+    return exc
+
+
 class MetadataWriter:
     """The single writer: applies one message per transaction on its own connection.
 
     Args:
         path: the SQLite file (created and migrated if needed).
 
-    Every ``apply`` either commits fully or raises with nothing changed. Domain errors are
-    :class:`StorageError` subclasses; anything else (``sqlite3`` errors) means the connection
-    or disk is in trouble and the owner should be restarted.
+    Every ``apply`` either commits fully or raises with nothing changed; ``apply_many`` commits
+    several messages in one transaction (one fsync), each in its own savepoint. Domain errors
+    are :class:`StorageError` subclasses; anything else (``sqlite3`` errors) means the
+    connection or disk is in trouble and the owner should be restarted.
     """
 
     def __init__(self, path: Path) -> None:
         self.conn = connect(path)
         migrate(self.conn)
+        #: Transactions committed (or attempted) by apply and apply_many.
+        self.transactions = 0
 
     def close(self) -> None:
         """Close the connection."""
@@ -340,16 +355,57 @@ class MetadataWriter:
     def apply(self, message: Any) -> WriteResult:
         """Apply one write message in one transaction and return its :class:`WriteResult`."""
         handler = getattr(self, "_" + message.op)
+        self.transactions += 1
         try:
             with transaction(self.conn, write=True) as conn:
                 return handler(conn, message)
         except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StorageUnavailableError("metadata is busy; retry") from exc
-            if "full" in text:
-                raise StorageFullError("metadata disk is full") from exc
-            raise
+            error = _operational_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def apply_many(self, messages: Sequence[Any]) -> list[WriteResult | StorageError]:
+        """Apply write messages in order in one transaction: one commit (one fsync) for all.
+
+        Each message runs in its own savepoint: one that raises a :class:`StorageError` is
+        undone alone and its error takes its place in the result; the others see the effects
+        of those before them, exactly as if applied one by one. If the commit itself fails,
+        nothing is kept and every message gets that error.
+
+        Returns:
+            One :class:`WriteResult` or :class:`StorageError` per message, in order.
+
+        Raises:
+            Anything but a :class:`StorageError` (nothing is kept; the owner should restart).
+        """
+        if len(messages) == 1:
+            try:
+                return [self.apply(messages[0])]
+            except StorageError as exc:
+                return [exc]
+        results: list[WriteResult | StorageError] = []
+        self.transactions += 1
+        try:
+            with transaction(self.conn, write=True) as conn:
+                for message in messages:
+                    handler = getattr(self, "_" + message.op)
+                    conn.execute("SAVEPOINT message")
+                    try:
+                        results.append(handler(conn, message))
+                    except StorageError as exc:
+                        conn.execute("ROLLBACK TO message")
+                        results.append(exc)
+                    conn.execute("RELEASE message")
+        except sqlite3.OperationalError as exc:
+            error = _operational_error(exc)
+            if error is exc:
+                raise
+            error.__cause__ = exc
+            return [error] * len(messages)
+        except StorageError as exc:  # the commit failed (disk full): nothing was kept
+            return [exc] * len(messages)
+        return results
 
     # -- references and quota (inside a transaction)
 
@@ -673,11 +729,19 @@ class MetadataActor(Actor):
     actor's own worker thread (a :class:`~._pipeline.Lane`), so the next commit does not wait
     for it. A :class:`Sync` sent after a write is answered only once that write's files are
     unlinked.
+
+    Group commit: write messages that are already waiting together (up to ``batch_limit``,
+    e.g. the commits of many concurrent puts) are applied in one transaction, one fsync for
+    all (:meth:`MetadataWriter.apply_many`), each in its own savepoint, so each still succeeds
+    or fails on its own, and replies are sent once that transaction is durable. A
+    :class:`ReclaimBlob` or :class:`Sync` inside such a batch is handled in its place, after
+    the writes before it are committed and their files deleted, as one by one.
     :class:`StorageError` is replied; anything else (a broken connection or disk) crashes the
     actor so the supervisor restarts it (files it had yet to delete are left to the reaper).
     """
 
     reply_errors = (StorageError,)
+    batch_limit = 64
 
     def __init__(self, path: Path, blobs: BlobStore) -> None:
         self._path = path
@@ -714,6 +778,39 @@ class MetadataActor(Actor):
         result = await trio.to_thread.run_sync(self._writer.apply, message)
         self._zeroed = tuple(result.zeroed)
         return result.value
+
+    async def receive_batch(self, messages: Sequence[Any]) -> list[outcome.Outcome]:
+        results: list[outcome.Outcome] = []
+        writes: list[Any] = []
+        for message in messages:
+            if isinstance(message, (ReclaimBlob, Sync)):
+                results.extend(await self._apply_writes(writes))
+                writes = []
+                await self.after_reply()  # the files of the writes before it go first
+                try:
+                    results.append(outcome.Value(await self.receive(message)))
+                except StorageError as exc:
+                    results.append(outcome.Error(exc))
+            else:
+                writes.append(message)
+        results.extend(await self._apply_writes(writes))
+        return results
+
+    async def _apply_writes(self, writes: list[Any]) -> list[outcome.Outcome]:
+        if not writes:
+            return []
+        assert self._writer is not None
+        done = await trio.to_thread.run_sync(self._writer.apply_many, writes)
+        zeroed = list(self._zeroed)
+        results: list[outcome.Outcome] = []
+        for result in done:
+            if isinstance(result, StorageError):
+                results.append(outcome.Error(result))
+            else:
+                zeroed.extend(result.zeroed)
+                results.append(outcome.Value(result.value))
+        self._zeroed = tuple(zeroed)
+        return results
 
     async def after_reply(self) -> None:
         zeroed, self._zeroed = self._zeroed, ()
