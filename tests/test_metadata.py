@@ -19,6 +19,7 @@ from anvil_trio.storage import (
     StorageError,
 )
 from anvil_trio.storage import _metadata as m
+from anvil_trio.storage._metadata_actor import MetadataActor, Sync
 from anvil_trio.storage import _queries as q
 
 D1 = "1" * 64
@@ -532,7 +533,7 @@ async def test_metadata_actor_commits_a_batch_together_and_keeps_order(tmp_path:
     from anvil_trio.storage._blobs import BlobStore
 
     blobs = BlobStore(tmp_path / "data")
-    actor = m.MetadataActor(tmp_path / "meta.sqlite3", blobs)
+    actor = MetadataActor(tmp_path / "meta.sqlite3", blobs)
     await actor.on_start()
     try:
         old = await blobs.write(_pieces(b"old"))
@@ -548,7 +549,7 @@ async def test_metadata_actor_commits_a_batch_together_and_keeps_order(tmp_path:
         results = await actor.receive_batch([
             m.CommitPut("acme", "flat", b"k", new.digest, 3, "t", {}, False, 3.0),
             m.CreateBucket("acme", "flat", False, 1.0),
-            m.Sync(),
+            Sync(),
             m.CreateBucket("acme", "other", False, 1.0),
         ])
         assert actor._writer.transactions == before + 2  # the writes before and after Sync

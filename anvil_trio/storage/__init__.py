@@ -35,7 +35,8 @@ from ._errors import (
 )
 from ._faults import FaultInjector
 from ._lock import DataDirLock
-from ._metadata import MIGRATIONS, MetadataActor, MetadataWriter, migrate
+from ._metadata import MIGRATIONS, MetadataWriter, migrate
+from ._metadata_actor import MetadataActor
 from ._queries import (
     AppInfo,
     BlobInfo,

@@ -3,12 +3,12 @@
 Invariants:
 
 * One writer. :class:`MetadataWriter` owns the only read-write connection of a process; in the
-  server it is driven by :class:`MetadataActor` alone, so writes are serialized. The actor is
-  also the only place blob files are deleted (after it sees their reference count at zero). The admin CLI may
-  open its own writer on the same file while the server runs; SQLite's write lock and
-  ``busy_timeout`` serialize the two.
-* One transaction per mutation (``BEGIN IMMEDIATE`` ... ``COMMIT``): a put's version row, its
-  reference count change and the tenant's quota usage commit together or not at all.
+  server it is driven by the metadata actor alone (``_metadata_actor``), so writes are
+  serialized. The admin CLI may open its own writer on the same file while the server runs;
+  SQLite's write lock and ``busy_timeout`` serialize the two.
+* One transaction per mutation (``BEGIN IMMEDIATE`` ... ``COMMIT``), or one for several
+  (``apply_many``, a savepoint each): a put's version row, its reference count change and the
+  tenant's quota usage commit together or not at all.
 * ``blobs.refcount`` = object version rows + tenant blob rows naming that digest; a ``blobs`` row
   exists only while the count is positive. A writer call returns the digests whose row it
   removed ("zeroed"); their files may then be deleted, unless pinned by an in-flight write.
@@ -34,12 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
-import outcome
-import trio
 
-from ..actors import Actor
-from ._blobs import BlobStore
-from ._pipeline import Lane
 from ._errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -60,17 +55,13 @@ from ._queries import (
     bucket_row,
     connect,
     dump_json,
-    read_refcount,
     tenant_id,
     transaction,
 )
 
 __all__ = [
     "MIGRATIONS",
-    "MetadataActor",
     "MetadataWriter",
-    "ReclaimBlob",
-    "Sync",
     "WriteResult",
     "migrate",
 ]
@@ -696,135 +687,3 @@ class MetadataWriter:
         ids = [r[0] for r in conn.execute(sql, (m.now,))]
         conn.executemany("DELETE FROM uploads WHERE upload_id = ?", [(i,) for i in ids])
         return WriteResult(tuple(ids))
-
-
-# ----------------------------------------------------------------------------------- actor
-
-
-@attrs.frozen
-class ReclaimBlob:
-    """Ask the metadata actor to delete ``digest``'s file if nothing references or pins it."""
-
-    digest: str
-
-
-@attrs.frozen
-class Sync:
-    """Reply (``None``) once every message sent before it, and its follow-up work, is done."""
-
-
-class MetadataActor(Actor):
-    """The single metadata writer, plus the only place blob files are deleted.
-
-    Args:
-        path: the SQLite file (created and migrated in ``on_start``).
-        blobs: the blob store whose unreferenced files it deletes.
-
-    Messages: the write messages of :mod:`._metadata` (reply: their value), :class:`ReclaimBlob`
-    (reply: whether a file was deleted) and :class:`Sync`. The files a write left unreferenced
-    are deleted right after its reply is sent (``after_reply``), still before the next message,
-    so the refcount check and the delete never interleave with another commit. The delete
-    there is a rename out of ``blobs/`` (:meth:`BlobStore.delete_if_unpinned` with
-    ``defer_unlink``); the unlink itself, tens of milliseconds for a large file, runs in the
-    actor's own worker thread (a :class:`~._pipeline.Lane`), so the next commit does not wait
-    for it. A :class:`Sync` sent after a write is answered only once that write's files are
-    unlinked.
-
-    Group commit: write messages that are already waiting together (up to ``batch_limit``,
-    e.g. the commits of many concurrent puts) are applied in one transaction, one fsync for
-    all (:meth:`MetadataWriter.apply_many`), each in its own savepoint, so each still succeeds
-    or fails on its own, and replies are sent once that transaction is durable. A
-    :class:`ReclaimBlob` or :class:`Sync` inside such a batch is handled in its place, after
-    the writes before it are committed and their files deleted, as one by one.
-    :class:`StorageError` is replied; anything else (a broken connection or disk) crashes the
-    actor so the supervisor restarts it (files it had yet to delete are left to the reaper).
-    """
-
-    reply_errors = (StorageError,)
-    batch_limit = 64
-
-    def __init__(self, path: Path, blobs: BlobStore) -> None:
-        self._path = path
-        self._blobs = blobs
-        self._writer: MetadataWriter | None = None
-        self._zeroed: tuple[str, ...] = ()
-        self._unlinker: Lane | None = None
-
-    async def on_start(self) -> None:
-        self._writer = await trio.to_thread.run_sync(MetadataWriter, self._path)
-        self._unlinker = Lane("deleting blob files")
-
-    async def on_stop(self) -> None:
-        if self._unlinker is not None:
-            try:
-                await self._unlinker.wait(self._unlinker.submitted)
-            finally:
-                await self._unlinker.close()  # what is left, the reaper removes
-        if self._writer is not None:
-            await trio.to_thread.run_sync(self._writer.close)
-
-    def _unlink_later(self, dead: Path) -> None:
-        assert self._unlinker is not None
-        self._unlinker.submit(self._blobs.purge, dead)
-
-    async def receive(self, message: Any) -> Any:
-        assert self._writer is not None
-        if isinstance(message, ReclaimBlob):
-            return await self._reclaim(message.digest)
-        if isinstance(message, Sync):
-            assert self._unlinker is not None
-            await self._unlinker.wait(self._unlinker.submitted)
-            return None
-        result = await trio.to_thread.run_sync(self._writer.apply, message)
-        self._zeroed = tuple(result.zeroed)
-        return result.value
-
-    async def receive_batch(self, messages: Sequence[Any]) -> list[outcome.Outcome]:
-        results: list[outcome.Outcome] = []
-        writes: list[Any] = []
-        for message in messages:
-            if isinstance(message, (ReclaimBlob, Sync)):
-                results.extend(await self._apply_writes(writes))
-                writes = []
-                await self.after_reply()  # the files of the writes before it go first
-                try:
-                    results.append(outcome.Value(await self.receive(message)))
-                except StorageError as exc:
-                    results.append(outcome.Error(exc))
-            else:
-                writes.append(message)
-        results.extend(await self._apply_writes(writes))
-        return results
-
-    async def _apply_writes(self, writes: list[Any]) -> list[outcome.Outcome]:
-        if not writes:
-            return []
-        assert self._writer is not None
-        done = await trio.to_thread.run_sync(self._writer.apply_many, writes)
-        zeroed = list(self._zeroed)
-        results: list[outcome.Outcome] = []
-        for result in done:
-            if isinstance(result, StorageError):
-                results.append(outcome.Error(result))
-            else:
-                zeroed.extend(result.zeroed)
-                results.append(outcome.Value(result.value))
-        self._zeroed = tuple(zeroed)
-        return results
-
-    async def after_reply(self) -> None:
-        zeroed, self._zeroed = self._zeroed, ()
-        for digest in zeroed:
-            try:
-                await self._reclaim(digest, defer_unlink=True)
-            except StorageError:
-                pass  # committed already; the reaper retries the file later
-
-    async def _reclaim(self, digest: str, *, defer_unlink: bool = False) -> bool:
-        assert self._writer is not None
-        count = await trio.to_thread.run_sync(read_refcount, self._writer.conn, digest)
-        if count:
-            return False
-        return await self._blobs.delete_if_unpinned(
-            digest, defer_unlink=self._unlink_later if defer_unlink else None
-        )

@@ -27,6 +27,7 @@ from . import _queries as q
 from ._blobs import BlobStore
 from ._faults import FaultInjector
 from ._lock import DataDirLock
+from ._metadata_actor import MetadataActor
 from ._queries import MetadataReader
 from ._reaper import REAPER_CHILD, ReaperActor, ReaperState, supervise_with_reaper
 from ._store import DB_NAME, Storage, StorageConfig
@@ -82,7 +83,7 @@ async def _run_locked(
                       fault_injector=fault_injector)
     reaper_state = ReaperState(temp_max_age=config.temp_max_age)
     supervisor = Supervisor(
-        [ChildSpec("metadata", lambda: m.MetadataActor(db_path, blobs)),
+        [ChildSpec("metadata", lambda: MetadataActor(db_path, blobs)),
          ChildSpec(REAPER_CHILD, lambda: ReaperActor(storage, reaper_state), mailbox_size=4)],
         intensity=config.restart_intensity, period=config.restart_period, name="storage",
     )

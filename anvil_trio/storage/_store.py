@@ -40,6 +40,7 @@ from ..actors import (
     SupervisorStats,
 )
 from . import _metadata as m
+from ._metadata_actor import ReclaimBlob, Sync
 from . import _queries as q
 from . import _validation as v
 from ._blobs import BlobReader, BlobStore
@@ -175,7 +176,7 @@ class Storage:
     async def _reclaim_quietly(self, digest: str) -> None:
         with trio.CancelScope(shield=True):
             try:
-                await self._write(m.ReclaimBlob(digest))
+                await self._write(ReclaimBlob(digest))
             except StorageError:
                 pass  # left for the reaper
 
@@ -658,7 +659,7 @@ class Storage:
 
     async def reclaim_blob(self, digest: str) -> bool:
         """Delete ``digest``'s file if it is unreferenced and unpinned; returns whether deleted."""
-        return await self._write(m.ReclaimBlob(v.validate_digest(digest)))
+        return await self._write(ReclaimBlob(v.validate_digest(digest)))
 
     async def sync(self) -> None:
         """Wait until the follow-up work of every write answered so far is done: a put that
@@ -668,7 +669,7 @@ class Storage:
         Raises:
             StorageUnavailableError: the metadata actor is down or stopped.
         """
-        await self._write(m.Sync())
+        await self._write(Sync())
 
     async def reap_now(self) -> ReapReport:
         """Run one reaper pass now (after any pass in progress) and wait for it; no timeout.
