@@ -314,12 +314,13 @@ async def test_injected_faults(tmp_path: pathlib.Path, fault: dict, code: int, e
 async def test_cancellation_mid_write_leaves_nothing(
     store: BlobStore, tmp_path: pathlib.Path
 ) -> None:
-    """Cancelling a write while its source is still streaming removes the partial temp file."""
+    """Cancelling a write while its source is still streaming (past its first batch, so bytes
+    are on disk) removes the partial temp file."""
     stalled = trio.Event()
     seen_part: list[pathlib.Path] = []
 
     async def stalling():
-        for _ in range(3):
+        for _ in range(store.batch_size // MiB + 1):
             yield b"y" * MiB
         seen_part.extend(files_under(tmp_path / "tmp"))
         stalled.set()
@@ -539,12 +540,13 @@ async def test_remove_stale_temp(store: BlobStore, tmp_path: pathlib.Path) -> No
 async def test_remove_stale_temp_spares_running_writes(
     store: BlobStore, tmp_path: pathlib.Path
 ) -> None:
-    """The part file of a write still in progress survives even a zero-age sweep."""
+    """The part file of a write still in progress (past its first batch, so its file exists)
+    survives even a zero-age sweep."""
     release = trio.Event()
     stalled = trio.Event()
 
     async def slow():
-        yield b"z" * 100
+        yield b"z" * store.batch_size
         stalled.set()
         await release.wait()
         yield b"z" * 100
@@ -563,7 +565,7 @@ async def test_remove_stale_temp_spares_running_writes(
         assert await store.remove_stale_temp(0) == 0
         release.set()
     with results[0] as written:
-        assert await read_all(store, written.digest) == b"z" * 200
+        assert await read_all(store, written.digest) == b"z" * (store.batch_size + 100)
 
 
 # -- resumable uploads -----------------------------------------------------------------------

@@ -163,13 +163,13 @@ async def test_pass_spares_a_put_in_flight(tmp_path: Path, nursery: trio.Nursery
 
     async with trio.open_nursery() as inner:
         inner.start_soon(putter)
-        await send.send(b"a" * (2 << 20))  # past one batch: the part file holds bytes
+        await send.send(b"a" * (5 << 20))  # past one batch: the part file holds bytes
         await send.send(b"b")
         assert len(files(config.data_dir / "tmp")) == 1
         assert (await s.reap_now()).temp_files == 0
         assert len(files(config.data_dir / "tmp")) == 1
         await send.aclose()
-    data = b"a" * (2 << 20) + b"b"
+    data = b"a" * (5 << 20) + b"b"
     assert result[0].etag == hashlib.sha256(data).hexdigest()
     assert files(config.data_dir / "tmp") == []
     assert (await s.reap_now()).blobs_reclaimed == 0

@@ -258,7 +258,8 @@ async def test_stream_broken_mid_put_leaves_nothing(anvil_server):
             "http", "anvil.v1.ObjectService", "PutObject", "anvil.v1.PutObjectRequest",
             f"127.0.0.1:{ts.port}", custom_metadata=ts.metadata,
         )
-        async for message in put_messages("bkt", "half", b"z" * (256 * 1024)):
+        # More than one write batch (4 MiB), so its part file holds bytes on disk.
+        async for message in put_messages("bkt", "half", b"z" * (5 << 20), chunk_size=1 << 20):
             await stream.send_message(message)
         await wait_until(lambda: any(parts.glob("*.part")))
         # purerpc's channel never closes its TCP connection itself: cut it here.

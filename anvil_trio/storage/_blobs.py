@@ -70,6 +70,7 @@ from ._faults import (
     FaultInjector,
     hash_batch,
     run_io,
+    storage_error,
     unlink_existing,
     unlink_quietly,
 )
@@ -101,6 +102,11 @@ def _check_sha256(expected: str | None) -> str | None:
     if expected is None:
         return None
     return _check_digest(expected.lower() if isinstance(expected, str) else expected)
+
+
+def _check_content(digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise ChecksumMismatchError(f"content has SHA-256 {digest}, not {expected}")
 
 
 def _check_count(value: int | None, name: str) -> None:
@@ -331,17 +337,21 @@ class BlobStore:
         lanes: list[Lane] = []
         writer: StagedWriter | None = None
         try:
-            fd, direct = await run_io("creating a temp file", open_new, part, self.direct_io)
-            writer = StagedWriter(self._disk, fd, self._staging, direct=direct)
             hasher = hashlib.sha256()
-            # Each batch is written by one lane and hashed by the other, both in order, while
-            # the next batches arrive; at most pipeline_depth batches are in flight.
-            writing, hashing = Lane("writing a blob"), Lane("writing a blob")
-            lanes += (writing, hashing)
             size = flushed = 0
             batch: list[bytes] = []
+            writing = hashing = None
 
             async def ship(pending: list[bytes]) -> None:
+                nonlocal fd, writer, writing, hashing
+                if writing is None:  # the first full batch: the content streams from now on
+                    fd, direct = await run_io("creating a temp file", open_new, part,
+                                              self.direct_io)
+                    writer = StagedWriter(self._disk, fd, self._staging, direct=direct)
+                    # Each batch is written by one lane and hashed by the other, both in
+                    # order, while the next batches arrive; at most pipeline_depth in flight.
+                    writing, hashing = Lane("writing a blob"), Lane("writing a blob")
+                    lanes.extend((writing, hashing))
                 writing.submit(writer.write_batch, pending)
                 hashing.submit(hash_batch, hasher, pending)
                 ahead = writing.submitted - self.pipeline_depth
@@ -361,24 +371,31 @@ class BlobStore:
                 if size - flushed >= self.batch_size:
                     await ship(batch)
                     batch, flushed = [], size
-            if batch:
-                await ship(batch)
-            writing.submit(writer.finish)
-            await writing.wait(writing.submitted)
-            await hashing.wait(hashing.submitted)
-            for lane in lanes:
-                await lane.close()
-            lanes.clear()
             if expected_size is not None and size != expected_size:
                 raise InvalidArgumentError(
                     f"content has {size} bytes, not its declared size {expected_size}"
                 )
-            digest = hasher.hexdigest()
-            if expected is not None and digest != expected:
-                raise ChecksumMismatchError(f"content has SHA-256 {digest}, not {expected}")
-            await run_io("syncing a blob", self._disk.seal, fd)
-            os.close(fd)
-            fd = None
+            if writing is None:
+                # All of it arrived within one batch: hash, write and seal it in one worker
+                # thread call instead of a dozen hand-offs (small objects pay mostly those).
+                digest = await run_io(
+                    "writing a blob", self._write_whole, part, batch, hasher, expected
+                )
+            else:
+                assert hashing is not None and writer is not None and fd is not None
+                if batch:
+                    await ship(batch)
+                writing.submit(writer.finish)
+                await writing.wait(writing.submitted)
+                await hashing.wait(hashing.submitted)
+                for lane in lanes:
+                    await lane.close()
+                lanes.clear()
+                digest = hasher.hexdigest()
+                _check_content(digest, expected)
+                await run_io("syncing a blob", self._disk.seal, fd)
+                os.close(fd)
+                fd = None
             return await self._publish(part, digest, size)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -394,27 +411,56 @@ class BlobStore:
         finally:
             self._active_parts.discard(part.name)
 
+    def _write_whole(
+        self, part: pathlib.Path, batch: list[bytes], hasher: Any, expected: str | None
+    ) -> str:
+        """Hash ``batch`` (checked against ``expected`` before anything is written), write it
+        to the new file ``part`` and seal it; blocking, for one worker thread. Returns the
+        digest. On error the file is closed (the caller removes it)."""
+        hash_batch(hasher, batch)
+        digest = hasher.hexdigest()
+        _check_content(digest, expected)
+        fd, direct = open_new(part, self.direct_io)
+        writer = StagedWriter(self._disk, fd, self._staging, direct=direct)
+        try:
+            writer.write_batch(batch)
+            writer.finish()
+            self._disk.seal(fd)
+        finally:
+            writer.release()
+            os.close(fd)
+        return digest
+
     async def _publish(self, src: pathlib.Path, digest: str, size: int) -> WrittenBlob:
-        """Rename the sealed file ``src`` to ``digest``'s path (or drop it if that exists)."""
+        """Rename the sealed file ``src`` to ``digest``'s path (or drop it if that exists) and
+        fsync the directory, in one worker thread call under the digest's lock."""
         final = self.blob_path(digest)
-        await run_io("creating blob directories", self._disk.make_dirs, final.parent)
         async with self._digest_locks.hold(digest):
             pin = self._add_pin(digest)
             try:
-                rename = self._disk.rename_unless_exists
-                created = await run_io("publishing a blob", rename, src, final)
+                created, dir_error = await run_io("publishing a blob", self._place, src, final)
             except BaseException:
                 pin.release()
                 raise
-        try:
-            await run_io("syncing a blob directory", self._disk.fsync_dir, final.parent)
-        except BaseException:
-            with trio.CancelScope(shield=True):
+            if dir_error is not None:  # the rename may not survive a crash: take it back
                 pin.release()
-                if created:
-                    await self.delete_if_unpinned(digest)
-            raise
+                if created and not self._pins.get(digest):
+                    with trio.CancelScope(shield=True):
+                        await run_io("deleting a blob", self._disk.delete, final)
+                raise storage_error(dir_error, "syncing a blob directory") from dir_error
         return WrittenBlob(digest, size, created, pin)
+
+    def _place(
+        self, src: pathlib.Path, final: pathlib.Path
+    ) -> tuple[bool, OSError | None]:
+        """Blocking part of :meth:`_publish`: ``(renamed, error of the directory fsync)``."""
+        self._disk.make_dirs(final.parent)
+        created = self._disk.rename_unless_exists(src, final)
+        try:
+            self._disk.fsync_dir(final.parent)
+        except OSError as exc:
+            return created, exc
+        return created, None
 
     # -- reading and inspecting -----------------------------------------------------------
 
