@@ -271,23 +271,38 @@ async def test_versioning_off_replaces_and_reclaims(storage: Storage) -> None:
     assert (await storage.get_tenant("acme")).used_bytes == len(b"shared bytes")
 
 
+@attrs.define
+class HoldStep(FaultInjector):
+    """Parks the blob store's worker thread at step ``hold`` until ``release`` is set."""
+
+    hold: str = attrs.field(default="unlink", kw_only=True)
+    release: threading.Event = attrs.field(factory=threading.Event, kw_only=True)
+
+    def before_step(self, step: str) -> None:
+        if step == self.hold:
+            self.release.wait(30)
+        super().before_step(step)
+
+
+async def storage_holding(
+    hold: str, tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
+) -> tuple[Storage, threading.Event]:
+    """A storage whose blob store stops at ``hold`` until the returned event is set, with
+    tenant "acme" and unversioned bucket "flat"."""
+    injector = HoldStep(hold=hold)
+    s = await nursery.start(functools.partial(
+        run_storage, make_config(tmp_path), clock=clock, fault_injector=injector))
+    await s.create_tenant("acme")
+    await s.create_bucket("acme", "flat")
+    return s, injector.release
+
+
 async def test_replacing_put_answers_before_the_old_bytes_are_deleted(
     tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
 ) -> None:
     """The unlink of a replaced object's file is not on the put's path: the put answers while
     that unlink is held up, and sync() returns only once the file is gone."""
-    release = threading.Event()
-
-    class HoldUnlinks(FaultInjector):
-        def before_step(self, step: str) -> None:
-            if step == "unlink":
-                release.wait(30)
-            super().before_step(step)
-
-    s = await nursery.start(functools.partial(
-        run_storage, make_config(tmp_path), clock=clock, fault_injector=HoldUnlinks()))
-    await s.create_tenant("acme")
-    await s.create_bucket("acme", "flat")
+    s, release = await storage_holding("unlink", tmp_path, nursery, clock)
     old = await put(s, "flat", "k", b"old bytes")
     new = await put(s, "flat", "k", b"new bytes")
     assert new.etag != old.etag
@@ -305,18 +320,7 @@ async def test_a_held_unlink_does_not_hold_up_later_commits(
     """A replaced object's file leaves blobs/ right after the put that replaced it, but is
     unlinked by the metadata actor's worker: while that unlink is stuck, further puts and
     deletes commit; sync() returns once it is done, and nothing is left in tmp/."""
-    release = threading.Event()
-
-    class HoldPurges(FaultInjector):
-        def before_step(self, step: str) -> None:
-            if step == "purge":
-                release.wait(30)
-            super().before_step(step)
-
-    s = await nursery.start(functools.partial(
-        run_storage, make_config(tmp_path), clock=clock, fault_injector=HoldPurges()))
-    await s.create_tenant("acme")
-    await s.create_bucket("acme", "flat")
+    s, release = await storage_holding("purge", tmp_path, nursery, clock)
     first = await put(s, "flat", "k", b"first")
     await put(s, "flat", "k", b"second")
     for index in range(3):

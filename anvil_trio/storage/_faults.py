@@ -64,7 +64,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
-_STEPS: frozenset[str] = frozenset({"write", "fsync", "rename", "dir_fsync", "unlink"})
+_STEPS: frozenset[str] = frozenset({"write", "fsync", "rename", "dir_fsync", "unlink", "purge"})
 
 
 def _check_step(_instance: object, _attribute: object, value: str | None) -> None:
@@ -85,7 +85,7 @@ class FaultInjector:
         fail_after_bytes: fail a write that would take the file being written past this many
             bytes (counted per file, from its start). ``None``: no byte-offset fault.
         fail_at: fail this step (``"write"``, ``"fsync"``, ``"rename"``, ``"dir_fsync"``,
-            ``"unlink"``). ``None``: no step fault.
+            ``"unlink"``, ``"purge"``). ``None``: no step fault.
         skip: let this many matching occasions pass before the first fault.
         errno: the ``errno`` of the raised ``OSError`` (default ``EIO``; ``ENOSPC`` simulates
             a full disk).
