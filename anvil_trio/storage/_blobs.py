@@ -11,8 +11,9 @@ Invariants:
 - A file in ``blobs/`` is complete, hashes to its name, is read-only, and both it and its
   directory entry were fsynced before anyone was told it exists. Nothing else appears there.
 - A write streams into a fresh ``tmp/*.part`` while hashing (with direct I/O past the page
-  cache where the file system allows it, see ``_direct``); it becomes visible only by one
-  ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
+  cache where the file system allows it, see ``_direct``), from its first full batch on;
+  content smaller than a batch is hashed, written and sealed in one worker-thread call at its
+  end. Either way it becomes visible only by one ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
   removed before the error propagates; after a crash, ``remove_stale_temp`` removes it.
 - A delete may move the file to ``tmp/*.dead`` (one ``rename``, under the digest's lock) and
   leave the unlink, which takes tens of milliseconds for a large file, to the caller's worker:
@@ -52,7 +53,6 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
-import attrs
 import trio
 
 from ._direct import StagedWriter, StagingPool, open_new
@@ -74,6 +74,7 @@ from ._faults import (
     unlink_existing,
     unlink_quietly,
 )
+from ._pins import BlobPin, KeyedLocks, WrittenBlob
 from ._pipeline import Lane
 from ._reading import BlobReader
 
@@ -117,82 +118,6 @@ def _check_count(value: int | None, name: str) -> None:
 def _sorted_subdirs(directory: pathlib.Path) -> list[str]:
     with os.scandir(directory) as entries:
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-
-
-@attrs.define
-class _LockEntry:
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
-    users: int = 0
-
-
-@attrs.define
-class _KeyedLocks:
-    """One ``trio.Lock`` per key, created on demand and dropped when nobody uses it."""
-
-    _entries: dict[str, _LockEntry] = attrs.field(factory=dict)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _LockEntry()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[key]
-
-
-@attrs.define(eq=False)
-class BlobPin:
-    """One pin on a digest: while held, :meth:`BlobStore.delete_if_unpinned` keeps the file.
-
-    ``release()`` is idempotent; the pin is also a (sync) context manager that releases on exit.
-    """
-
-    digest: str
-    _on_release: Callable[[str], None] = attrs.field(repr=False)
-    released: bool = attrs.field(default=False, init=False)
-
-    def release(self) -> None:
-        """Drop this pin (a second call does nothing)."""
-        if not self.released:
-            self.released = True
-            self._on_release(self.digest)
-
-    def __enter__(self) -> BlobPin:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-
-@attrs.frozen
-class WrittenBlob:
-    """The outcome of a write: ``digest`` (64 lowercase hex), ``size`` in bytes, and ``created``
-    (False when identical content was already stored).
-
-    The digest stays pinned until :meth:`release` (or leaving ``with written_blob:``); release
-    it once the metadata that references it is committed, or the write abandoned.
-    """
-
-    digest: str
-    size: int
-    created: bool
-    pin: BlobPin = attrs.field(eq=False, repr=False)
-
-    def release(self) -> None:
-        """Release the write's pin (idempotent)."""
-        self.pin.release()
-
-    def __enter__(self) -> WrittenBlob:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 class BlobStore:
@@ -244,8 +169,8 @@ class BlobStore:
         for directory in (self._blobs_dir, self._tmp_dir, self._uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._pins: dict[str, int] = {}
-        self._digest_locks = _KeyedLocks()
-        self._upload_locks = _KeyedLocks()
+        self._digest_locks = KeyedLocks()
+        self._upload_locks = KeyedLocks()
         self._active_parts: set[str] = set()
 
     # -- paths and blocking helpers (run in worker threads) -------------------------------
