@@ -131,8 +131,8 @@ class Actor:
 
         Runs once after every message (after a batch: once, after all its replies), before
         the next one is taken, so it is ordered with the messages like ``receive`` is, but no
-        asker waits for it (use it for cleanup that need not delay the answer). An exception here crashes the actor. Does nothing by
-        default (and is then not called at all).
+        asker waits for it (use it for cleanup that need not delay the answer). An exception
+        here crashes the actor. Does nothing by default (and is then not called at all).
         """
 
     async def on_stop(self) -> None:

@@ -13,8 +13,9 @@ Invariants:
 - A write streams into a fresh ``tmp/*.part`` while hashing (with direct I/O past the page
   cache where the file system allows it, see ``_direct``), from its first full batch on;
   content smaller than a batch is hashed, written and sealed in one worker-thread call at its
-  end. Either way it becomes visible only by one ``rename`` into ``blobs/``. On any failure or cancellation before that, the part file is
-  removed before the error propagates; after a crash, ``remove_stale_temp`` removes it.
+  end. Either way it becomes visible only by one ``rename`` into ``blobs/``. On any failure or
+  cancellation before that, the part file is removed before the error propagates; after a
+  crash, ``remove_stale_temp`` removes it.
 - A delete may move the file to ``tmp/*.dead`` (one ``rename``, under the digest's lock) and
   leave the unlink, which takes tens of milliseconds for a large file, to the caller's worker:
   from the rename on, the blob is gone for every later write and read. ``remove_stale_temp``

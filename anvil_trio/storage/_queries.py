@@ -7,9 +7,9 @@ Invariants:
 * Read connections are ``query_only``; a write through them fails. They are separate from the
   writer's connection, so in WAL mode a read never waits for a write.
 * Point reads (:data:`POINT_READS`: a row or three found through unique indexes, e.g. an
-  object, its bucket and its tenant) run inline on the event loop's thread, on a dedicated connection whose
-  busy timeout is 0, instead of hopping to a worker thread (the hop costs ~100 µs, the read
-  ~20 µs). The guard: the inline connection never waits in SQLite's busy handler; a read that
+  object, its bucket and its tenant) run inline on the event loop's thread, on a dedicated
+  connection whose busy timeout is 0, instead of hopping to a worker thread (the hop costs
+  ~100 µs, the read ~20 µs). The guard: the inline connection never waits in SQLite's busy handler; a read that
   meets SQLITE_BUSY or SQLITE_LOCKED (WAL recovery after a crash, a database that is not in WAL
   mode, an exclusive lock) is retried at once through the worker-thread pool, which waits as
   usual. Two inline reads in a row that each take longer than ``inline_budget`` (cold pages on
