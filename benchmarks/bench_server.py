@@ -26,7 +26,8 @@ machine's drifts hit every column alike. The ``cpu`` column is the server proces
 per MiB put (anvil / bare): on two cores shared with the client, CPU is what bounds the rates.
 
 Targets (ratio columns): put >= 0.9 x min(bare upload, disk); get >= 0.9 x bare download;
-head >= 0.7 x echo unary at 16 callers; RSS growth < 64 MiB.
+head >= 0.7 x echo unary at 16 callers; RSS growth < 64 MiB. Below the table, the same ratios
+per repeat (each from one interleaved round) show how far the shared machine moves them.
 
 Usage: python benchmarks/bench_server.py [--seconds 2] [--repeats 3] [--rss-mib 1024] [--dir DIR]
 """
@@ -404,7 +405,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs["bare_head"].append(bench_unary(bare.port, head_call(()), callers,
                                                      args.seconds))
                 runs["echo"].append(bench_unary(echo.port, check_call, callers, args.seconds))
+            paired = {  # each repeat's ratio, from figures measured within the same minute
+                "put": [p / min(b, d) for (p, _), (b, _), d in
+                        zip(runs["put"], runs["bare_put"], runs["disk"])],
+                "get": [g / b for g, b in zip(runs["get"], runs["bare_get"])],
+                "head": [h / e for h, e in zip(runs["head"], runs["echo"])],
+            }
             rows.append((callers, {
+                "paired": paired,
                 "put": med(r for r, _ in runs["put"]), "put_cpu": med(c for _, c in runs["put"]),
                 "bare_put": med(r for r, _ in runs["bare_put"]),
                 "bare_cpu": med(c for _, c in runs["bare_put"]),
@@ -441,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     print("(put ratio = put / min(bare upload, disk); disk = the same files written raw, "
           "fsynced and renamed; cpu = server CPU per MiB put, anvil/bare; get ratio = get / bare "
           "download; head ratio = head / echo unary)")
+    print()
+    print("the same ratios per repeat (each from figures measured in the same minute), to show "
+          "how far the machine's drift moves them:")
+    for callers, r in rows:
+        shown = "; ".join(f"{name} " + " ".join(f"{x:.2f}" for x in values)
+                          for name, values in r["paired"].items())
+        print(f"  {callers:>2} caller(s): {shown}")
     print()
     print(f"RSS while {args.rss_mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
           f"({rss['down_mibs']:.1f} MiB/s): before {rss['rss_before']:.1f} MiB, peak "
