@@ -294,11 +294,17 @@ FAULT_CASES = [
     ("code", "error"), [(errno.ENOSPC, StorageFullError), (errno.EIO, StorageIOError)]
 )
 @pytest.mark.parametrize("fault", FAULT_CASES)
-async def test_injected_faults(tmp_path: pathlib.Path, fault: dict, code: int, error: type) -> None:
-    """Disk faults anywhere in a write raise the mapped error, chained, and leave nothing."""
+@pytest.mark.parametrize(
+    "size", [pytest.param(4 * MiB + 1, id="streamed"), pytest.param(3 * MiB, id="one-call")]
+)
+async def test_injected_faults(
+    tmp_path: pathlib.Path, fault: dict, code: int, error: type, size: int
+) -> None:
+    """Disk faults anywhere in a write raise the mapped error, chained, and leave nothing,
+    whether the content streams through the write lanes or fits in one batch (one call)."""
     injector = FaultInjector(errno=code, **fault)
     store = BlobStore(tmp_path, fault_injector=injector)
-    data = pattern(4 * MiB + 1)
+    data = pattern(size)
     with pytest.raises(error) as info:
         await store.write(pieces(data, 256 * 1024))
     assert isinstance(info.value.__cause__, OSError)
@@ -341,13 +347,15 @@ async def test_cancellation_mid_write_leaves_nothing(
 
 @attrs.define
 class HoldWrite(FaultInjector):
-    """An injector that parks the second batch's write in its worker thread until released."""
+    """An injector that parks the write at or past offset ``at`` (by default the second
+    1 MiB batch's) in its worker thread until released."""
 
     entered: threading.Event = attrs.field(factory=threading.Event)
     proceed: threading.Event = attrs.field(factory=threading.Event)
+    at: int = MiB
 
     def before_write(self, offset: int, length: int) -> None:
-        if offset >= MiB:
+        if offset >= self.at:
             self.entered.set()
             self.proceed.wait(30)
         super().before_write(offset, length)
@@ -380,6 +388,30 @@ async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> No
                 await finished.wait()
             assert not finished.is_set()
             assert len(files_under(tmp_path / "tmp")) == 1
+            hook.proceed.set()
+            await finished.wait()
+    assert_nothing_left(tmp_path)
+
+
+async def test_cancel_waits_for_a_one_call_write(tmp_path: pathlib.Path) -> None:
+    """Content smaller than a batch is written in one worker-thread call; cancelling the write
+    while that call is parked waits for it, then removes the part file."""
+    hook = HoldWrite(at=0)
+    store = BlobStore(tmp_path, fault_injector=hook)
+    finished = trio.Event()
+
+    async def writer() -> None:
+        try:
+            await store.write(pieces(b"small" * 1000, 777))
+        finally:
+            finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.to_thread.run_sync(hook.entered.wait)
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            assert len(files_under(tmp_path / "tmp")) == 1  # created by the parked call
             hook.proceed.set()
             await finished.wait()
     assert_nothing_left(tmp_path)
