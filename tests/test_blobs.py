@@ -361,21 +361,15 @@ class HoldWrite(FaultInjector):
         super().before_write(offset, length)
 
 
-async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> None:
-    """Cancelling a write whose batch is mid-write in a worker thread waits for that thread
-    (and the batch's hashing thread), then removes the part file."""
-    hook = HoldWrite()
-    store = BlobStore(tmp_path, batch_size=MiB, fault_injector=hook)
+async def cancel_while_parked(store: BlobStore, hook: HoldWrite, source, while_parked) -> None:
+    """Write ``source``, cancel the write once ``hook`` parked one of its disk writes, run
+    ``while_parked(finished)`` (shielded) while it is still parked, then release it and wait
+    until the write has ended."""
     finished = trio.Event()
-
-    async def two_then_stall():
-        yield b"z" * MiB
-        yield b"w" * MiB  # its batch is handed to the threads, then the source stalls
-        await trio.sleep_forever()
 
     async def writer() -> None:
         try:
-            await store.write(two_then_stall())
+            await store.write(source)
         finally:
             finished.set()
 
@@ -384,12 +378,29 @@ async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> No
         await trio.to_thread.run_sync(hook.entered.wait)
         nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(0.2):  # the writer must still be waiting for its thread
-                await finished.wait()
-            assert not finished.is_set()
-            assert len(files_under(tmp_path / "tmp")) == 1
+            await while_parked(finished)
             hook.proceed.set()
             await finished.wait()
+
+
+async def test_cancel_waits_for_parked_batch_write(tmp_path: pathlib.Path) -> None:
+    """Cancelling a write whose batch is mid-write in a worker thread waits for that thread
+    (and the batch's hashing thread), then removes the part file."""
+    hook = HoldWrite()
+    store = BlobStore(tmp_path, batch_size=MiB, fault_injector=hook)
+
+    async def two_then_stall():
+        yield b"z" * MiB
+        yield b"w" * MiB  # its batch is handed to the threads, then the source stalls
+        await trio.sleep_forever()
+
+    async def while_parked(finished: trio.Event) -> None:
+        with trio.move_on_after(0.2):  # the writer must still be waiting for its thread
+            await finished.wait()
+        assert not finished.is_set()
+        assert len(files_under(tmp_path / "tmp")) == 1
+
+    await cancel_while_parked(store, hook, two_then_stall(), while_parked)
     assert_nothing_left(tmp_path)
 
 
@@ -398,22 +409,11 @@ async def test_cancel_waits_for_a_one_call_write(tmp_path: pathlib.Path) -> None
     while that call is parked waits for it, then removes the part file."""
     hook = HoldWrite(at=0)
     store = BlobStore(tmp_path, fault_injector=hook)
-    finished = trio.Event()
 
-    async def writer() -> None:
-        try:
-            await store.write(pieces(b"small" * 1000, 777))
-        finally:
-            finished.set()
+    async def while_parked(finished: trio.Event) -> None:
+        assert len(files_under(tmp_path / "tmp")) == 1  # created by the parked call
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.to_thread.run_sync(hook.entered.wait)
-        nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            assert len(files_under(tmp_path / "tmp")) == 1  # created by the parked call
-            hook.proceed.set()
-            await finished.wait()
+    await cancel_while_parked(store, hook, pieces(b"small" * 1000, 777), while_parked)
     assert_nothing_left(tmp_path)
 
 

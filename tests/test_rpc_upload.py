@@ -118,6 +118,20 @@ async def receive(stream) -> upload_pb2.UploadAck | None:
     return message
 
 
+async def finish_resumed(h, stream, data: bytes, held: int) -> None:
+    """Send the rest of ``data`` from ``held`` on a resumed upload stream, complete it, and
+    check the blob the server made of it."""
+    for message in chunks_of(data[held:], MiB, held):
+        await stream.send_message(message)
+    await stream.send_message(complete(hashlib.sha256(data).digest()))
+    await stream.close()
+    acks = []
+    while (ack := await receive(stream)) is not None:
+        acks.append(ack)
+    assert acks[-1].complete.key == key_of(data) and acks[-1].complete.size == len(data)
+    assert await read_blob(h, key_of(data)) == data
+
+
 def drop_connection(channel) -> None:
     """Break a purerpc channel's TCP connection as a network failure would (purerpc's channel
     exit leaves the socket open, so the server would never notice)."""
@@ -249,15 +263,7 @@ async def test_resume_after_the_stream_is_dropped(tmp_path):
         held = first.received_bytes
         assert first.upload_id == upload_id
         assert acked <= held <= 3 * MiB + 100
-        for message in chunks_of(data[held:], MiB, held):
-            await resumed.send_message(message)
-        await resumed.send_message(complete(hashlib.sha256(data).digest()))
-        await resumed.close()
-        acks = []
-        while (ack := await receive(resumed)) is not None:
-            acks.append(ack)
-        assert acks[-1].complete.key == key_of(data) and acks[-1].complete.size == len(data)
-        assert await read_blob(h, key_of(data)) == data
+        await finish_resumed(h, resumed, data, held)
 
 
 async def test_resume_supersedes_a_stream_still_writing_the_upload(tmp_path):
@@ -281,15 +287,7 @@ async def test_resume_supersedes_a_stream_still_writing_the_upload(tmp_path):
             async with expect_status(StatusCode.ABORTED):
                 while await receive(first) is not None:
                     pass
-            for message in chunks_of(data[2 * MiB :], MiB, 2 * MiB):
-                await resumed.send_message(message)
-            await resumed.send_message(complete(hashlib.sha256(data).digest()))
-            await resumed.close()
-            acks = []
-            while (ack := await receive(resumed)) is not None:
-                acks.append(ack)
-            assert acks[-1].complete.key == key_of(data)
-            assert await read_blob(h, key_of(data)) == data
+            await finish_resumed(h, resumed, data, 2 * MiB)
             # Both slots are free again: two more uploads can run at once.
             await upload_blob(h, b"x")
             await upload_blob(h, b"y")
