@@ -50,7 +50,7 @@ from .auth import (
 )
 from .rpc import EdgeConfig, EdgeServer, HealthState, TLSConfig
 from .rpc._auth_service import StorageAppStore
-from .rpc._common import ServiceContext
+from .rpc._common import ServiceContext, bearer_authenticator
 from .rpc._services import build_servicers
 from .storage import Storage, StorageConfig, run_storage
 
@@ -222,7 +222,9 @@ class Server:
             auth=auth,
             upload_slots=trio.CapacityLimiter(config.max_upload_sessions),
         )
-        edge = EdgeServer(build_servicers(ctx, config), config=edge_config(config), health=self.health)
+        # Tokens are checked at HEADERS time, before a request decodes or takes a call slot.
+        edge = EdgeServer(build_servicers(ctx, config), config=edge_config(config),
+                          health=self.health, authenticate=bearer_authenticator(ctx))
         self.edge = edge
         async with trio.open_nursery() as nursery:
             self.port = await nursery.start(_serve_then_cancel, edge, nursery.cancel_scope)

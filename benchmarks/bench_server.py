@@ -17,8 +17,9 @@ and one channel per concurrent caller), against servers running as separate proc
   its object). Same shape as the puts, so page-cache and writeback effects of that much data
   (which on this VM cost more as the amount in flight grows) hit both alike.
 
-Workloads: PutObject and GetObject of 64 MiB objects (1 MiB chunks) by 1 and 16 concurrent
-callers (every object has unique content; each caller puts to its own key), HeadObject calls/s
+Workloads: PutObject and GetObject of 64 MiB objects (``--object-mib``; 1 MiB chunks) by 1 and
+16 concurrent callers (every object has unique content; each caller puts to its own key),
+HeadObject calls/s
 by 1 and 16 callers for a fixed time, and the anvil server's RSS (``/proc/PID/status`` VmRSS,
 sampled every 20 ms, and VmHWM) while one 1 GiB object goes up and comes back down. Each
 figure is the median of ``--repeats`` runs, interleaved across servers so that the shared
@@ -29,7 +30,18 @@ Targets (ratio columns): put >= 0.9 x min(bare upload, disk); get >= 0.9 x bare 
 head >= 0.7 x echo unary at 16 callers; RSS growth < 64 MiB. Below the table, the same ratios
 per repeat (each from one interleaved round) show how far the shared machine moves them.
 
-Usage: python benchmarks/bench_server.py [--seconds 2] [--repeats 3] [--rss-mib 1024] [--dir DIR]
+Channel layouts. grpcio's channels to one target with the same options share one subchannel
+(its global subchannel pool), so the table's "one channel per caller" puts all 16 callers on
+one TCP connection, as 16 streams. A second table therefore measures put and get by 16 callers
+in two explicit layouts, each against the bare server in the same layout: ``shared``, 16
+threads on one grpcio channel (one connection, 16 concurrent streams), and ``separate``, 16
+channels each with its own subchannel pool (``grpc.use_local_subchannel_pool``: 16
+connections). Calls that fail there are counted (``fail``) instead of stopping the run, and
+MiB/s counts only the bytes of calls that succeeded; ``shared / separate`` is the cost of
+multiplexing.
+
+Usage: python benchmarks/bench_server.py [--seconds 2] [--repeats 3] [--rss-mib 1024]
+       [--object-mib 64] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -73,7 +85,9 @@ _PORT_LINE = re.compile(r"(?:port |:)(\d+)")
 
 
 def run_bare_server() -> None:
-    """Serve ObjectService from memory with a bare purerpc.Server; print the port."""
+    """Serve ObjectService from memory with a bare purerpc.Server; print the port.
+
+    Its GetObject streams ``OBJECT_MIB`` chunks (``--object-mib`` given to this mode)."""
     import purerpc
     import trio
 
@@ -198,46 +212,94 @@ def in_parallel(callers: int, work) -> float:
 _tags = iter(range(1, 1 << 30))
 
 
-def bench_put(port: int, metadata, callers: int, rounds: int = 1) -> float:
-    """MiB/s of PutObject of 64 MiB objects by ``callers`` concurrent callers."""
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+#: Client channel layouts: how ``callers`` threads reach the server (see the module docstring).
+LAYOUTS = ("pooled", "shared", "separate")
+
+
+def open_channels(port: int, callers: int, layout: str = "pooled") -> list:
+    """One channel per caller (``callers`` entries; the same channel ``callers`` times for
+    ``shared``). ``pooled``: default options, so grpcio's global subchannel pool puts them on one
+    connection; ``separate``: each its own subchannel pool, so its own connection."""
+    target = f"127.0.0.1:{port}"
+    if layout == "shared":
+        return [grpc.insecure_channel(target)] * callers
+    options = [("grpc.use_local_subchannel_pool", 1)] if layout == "separate" else []
+    return [grpc.insecure_channel(target, options=options) for _ in range(callers)]
+
+
+def close_channels(channels: list) -> None:
+    for channel in {id(c): c for c in channels}.values():
+        channel.close()
+
+
+def _attempt(failures: list | None, call) -> int:
+    """MiB moved by ``call()``; with a ``failures`` list, a failed call is appended to it and
+    counts 0 MiB (without one, it raises)."""
+    if failures is None:
+        return call()
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        failures.append(exc.code())
+        return 0
+
+
+def bench_put(port: int, metadata, callers: int, rounds: int = 1, *, layout: str = "pooled",
+              failures: list | None = None) -> float:
+    """MiB/s of PutObject of ``OBJECT_MIB`` MiB objects by ``callers`` concurrent callers.
+
+    With ``failures``, failed calls are appended there and only succeeded ones count."""
+    channels = open_channels(port, callers, layout)
     tags = [[next(_tags) for _ in range(rounds)] for _ in range(callers)]
+    moved = [0] * callers
 
     def work(index: int) -> None:
         stub = object_pb2_grpc.ObjectServiceStub(channels[index])
-        for tag in tags[index]:
+
+        def put(tag: int) -> int:
             reply = stub.PutObject(put_requests(f"obj-{index}", tag, OBJECT_MIB),
                                    metadata=metadata, timeout=600)
             assert reply.size == OBJECT_MIB * MiB
+            return OBJECT_MIB
+
+        for tag in tags[index]:
+            moved[index] += _attempt(failures, lambda: put(tag))
 
     try:
         seconds = in_parallel(callers, work)
     finally:
-        for channel in channels:
-            channel.close()
-    return callers * rounds * OBJECT_MIB / seconds
+        close_channels(channels)
+    return sum(moved) / seconds
 
 
-def bench_get(port: int, metadata, callers: int, rounds: int = 1) -> float:
-    """MiB/s of GetObject of the 64 MiB objects ``obj-i`` by ``callers`` concurrent callers."""
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(callers)]
+def bench_get(port: int, metadata, callers: int, rounds: int = 1, *, layout: str = "pooled",
+              failures: list | None = None) -> float:
+    """MiB/s of GetObject of the objects ``obj-i`` by ``callers`` concurrent callers.
+
+    With ``failures``, failed calls are appended there and only succeeded ones count."""
+    channels = open_channels(port, callers, layout)
+    moved = [0] * callers
 
     def work(index: int) -> None:
         stub = object_pb2_grpc.ObjectServiceStub(channels[index])
-        for _ in range(rounds):
+
+        def get() -> int:
             size = 0
             for reply in stub.GetObject(object_pb2.GetObjectRequest(
                     bucket_name="bench", object_key=f"obj-{index}"), metadata=metadata,
                     timeout=600):
                 size += len(reply.chunk)
             assert size == OBJECT_MIB * MiB, size
+            return OBJECT_MIB
+
+        for _ in range(rounds):
+            moved[index] += _attempt(failures, get)
 
     try:
         seconds = in_parallel(callers, work)
     finally:
-        for channel in channels:
-            channel.close()
-    return callers * rounds * OBJECT_MIB / seconds
+        close_channels(channels)
+    return sum(moved) / seconds
 
 
 def bench_unary(port: int, call_factory, callers: int, seconds: float) -> float:
@@ -364,6 +426,87 @@ def rss_during(pid: int, port: int, metadata, mib: int) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------- channel layouts
+
+#: Callers of the layout table.
+LAYOUT_CALLERS = 16
+
+
+def set_object_mib(mib: int) -> None:
+    """Set the size of every put/get object (``--object-mib``; also the bare server's)."""
+    global OBJECT_MIB
+    if mib < 1:
+        raise SystemExit("--object-mib must be at least 1")
+    OBJECT_MIB = mib
+
+
+def layout_figures(anvil: "Proc", bare: "Proc", metadata, repeats: int) -> dict:
+    """Put and get MiB/s by ``LAYOUT_CALLERS`` callers in the ``shared`` and ``separate``
+    layouts, against anvil and the bare server, interleaved ``repeats`` times.
+
+    Returns:
+        ``{(server, op, layout): {"runs": [MiB/s per repeat], "failed": [status codes]}}``
+        for server in anvil/bare, op in put/get, layout in shared/separate.
+    """
+    figures = {(server, op, layout): {"runs": [], "failed": []}
+               for server in ("anvil", "bare") for op in ("put", "get")
+               for layout in ("shared", "separate")}
+    targets = (("anvil", anvil, metadata), ("bare", bare, ()))
+    for _ in range(repeats):
+        for layout in ("shared", "separate"):
+            for server, proc, md in targets:
+                for op, bench in (("put", bench_put), ("get", bench_get)):
+                    entry = figures[(server, op, layout)]
+                    entry["runs"].append(bench(proc.port, md, LAYOUT_CALLERS, layout=layout,
+                                               failures=entry["failed"]))
+    return figures
+
+
+def print_layouts(figures: dict, repeats: int) -> None:
+    """The layout table: medians, ratios to bare in the same layout, shared / separate."""
+    med = statistics.median
+
+    def cell(server, op, layout) -> float:
+        return med(figures[(server, op, layout)]["runs"])
+
+    calls = repeats * LAYOUT_CALLERS
+    print(f"{LAYOUT_CALLERS} callers by channel layout: medians of {repeats} interleaved runs, "
+          f"{OBJECT_MIB} MiB objects, 1 round per caller; fail = failed calls of {calls} "
+          "(MiB/s counts succeeded calls only)")
+    print()
+    header = (f"{'layout':<34} | {'put MiB/s':>9} {'bare up':>8} {'ratio':>6} {'fail':>5} | "
+              f"{'get MiB/s':>9} {'bare dn':>8} {'ratio':>6} {'fail':>5}")
+    print(header)
+    print("-" * len(header))
+    names = {"shared": "shared: 1 channel, 1 connection",
+             "separate": f"separate: {LAYOUT_CALLERS} channels, {LAYOUT_CALLERS} conns"}
+    for layout in ("shared", "separate"):
+        parts = []
+        for op in ("put", "get"):
+            mine, base = cell("anvil", op, layout), cell("bare", op, layout)
+            failed = len(figures[("anvil", op, layout)]["failed"])
+            bare_failed = len(figures[("bare", op, layout)]["failed"])
+            ratio = f"{mine / base:6.2f}" if base else f"{'-':>6}"
+            fails = f"{failed}" + (f"/{bare_failed}b" if bare_failed else "")
+            parts.append(f"{mine:9.1f} {base:8.1f} {ratio} {fails:>5}")
+        print(f"{names[layout]:<34} | {parts[0]} | {parts[1]}")
+    ratios = []
+    for op in ("put", "get"):
+        pair = [cell(server, op, "shared") / cell(server, op, "separate")
+                if cell(server, op, "separate") else float("nan") for server in ("anvil", "bare")]
+        ratios.append(f"{pair[0]:9.2f} {pair[1]:8.2f} {'':>6} {'':>5}")
+    print(f"{'shared / separate':<34} | {ratios[0]} | {ratios[1]}")
+    print("(ratio = anvil / bare server in the same layout; fail: anvil's failed calls, with "
+          "the bare server's as Nb; failed codes: "
+          + (", ".join(sorted({str(code).rsplit('.', 1)[-1] for entry in figures.values()
+                               for code in entry["failed"]})) or "none") + ")")
+    shown = "; ".join(
+        f"{op} " + " ".join(f"{s / p:.2f}" if p else "-" for s, p in zip(
+            figures[("anvil", op, "shared")]["runs"], figures[("anvil", op, "separate")]["runs"]))
+        for op in ("put", "get"))
+    print(f"  anvil shared / separate per repeat: {shown}")
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -372,9 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each head run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per figure")
     parser.add_argument("--rss-mib", type=int, default=1024, help="size of the RSS object")
+    parser.add_argument("--object-mib", type=int, default=OBJECT_MIB,
+                        help="size of each put/get object (smaller for a quick smoke run)")
     parser.add_argument("--dir", type=Path, default=None, help="where the data dir goes")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    set_object_mib(args.object_mib)
     if args.bare_server:
         run_bare_server()
         return 0
@@ -384,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         anvil, metadata = start_anvil(root / "data")
         echo = Proc([sys.executable, str(_HERE / "echo_server.py"), "--port", "0"], root / "echo.log")
-        bare = Proc([sys.executable, __file__, "--bare-server"], root / "bare.log")
+        bare = Proc([sys.executable, __file__, "--bare-server", "--object-mib",
+                     str(OBJECT_MIB)], root / "bare.log")
         print(f"servers: anvil :{anvil.port} (pid {anvil.pid}), echo :{echo.port}, "
               f"bare :{bare.port}; data in {root}", flush=True)
 
@@ -420,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                     "disk", "get", "bare_get", "head", "bare_head", "echo")},
             }))
             print(f"  {callers} caller(s) done", flush=True)
+        layouts = layout_figures(anvil, bare, metadata, args.repeats)
+        print(f"  {LAYOUT_CALLERS} callers by channel layout done", flush=True)
         rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib)
     finally:
         for proc in (anvil, echo, bare):
@@ -428,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     print()
-    print(f"medians of {args.repeats} interleaved runs; 64 MiB objects; put/get rounds per caller: "
-          "3 at 1 caller, 1 at 16")
+    print(f"medians of {args.repeats} interleaved runs; {OBJECT_MIB} MiB objects; put/get rounds "
+          "per caller: 3 at 1 caller, 1 at 16 (16 channels, which grpcio pools onto one "
+          "connection)")
     print()
     header = (f"{'callers':>7} | {'put MiB/s':>9} {'bare up':>8} {'disk':>7} {'ratio':>6} {'tgt':>5}"
               f" {'cpu ms/MiB':>11} | {'get MiB/s':>9} {'bare dn':>8} {'ratio':>6} {'tgt':>5} | "
@@ -456,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = "; ".join(f"{name} " + " ".join(f"{x:.2f}" for x in values)
                           for name, values in r["paired"].items())
         print(f"  {callers:>2} caller(s): {shown}")
+    print()
+    print_layouts(layouts, args.repeats)
     print()
     print(f"RSS while {args.rss_mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
           f"({rss['down_mibs']:.1f} MiB/s): before {rss['rss_before']:.1f} MiB, peak "

@@ -20,9 +20,11 @@ from hyperframe.frame import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from purerpc import StatusCode
 from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 
+from anvil_trio.rpc._compression import CompressedFlagError
 from anvil_trio.rpc._frames import FrameReader, MessageAssembler
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -154,7 +156,7 @@ def test_message_assembler_matches_purerpc(messages: list[bytes], cuts: list[int
     purerpc's MessageReadBuffer, and the flow-controlled lengths reported add up to everything
     received once every message is complete."""
     pieces = split(encode(messages), cuts)
-    ours, theirs = MessageAssembler(1 << 20, "compressed"), MessageReadBuffer(None, 1 << 20)
+    ours, theirs = MessageAssembler(1 << 20), MessageReadBuffer(None, 1 << 20)
     got, expected, reported, received = [], [], 0, 0
     for index, piece in enumerate(pieces):
         flow = len(piece) + (pads[index] if index < len(pads) else 0)
@@ -170,15 +172,20 @@ def test_message_assembler_matches_purerpc(messages: list[bytes], cuts: list[int
 
 
 def test_message_in_one_piece_is_not_copied_and_limits_hold() -> None:
-    """A message inside one payload comes out as a view of it; an oversized prefix and the
-    compressed flag fail like purerpc's buffer does."""
+    """A message inside one payload comes out as a view of it; an oversized prefix fails like
+    purerpc's buffer does, and the compressed flag without a compressing grpc-encoding fails
+    as the gRPC spec says (INTERNAL, "compressed flag ... without grpc-encoding")."""
     payload = encode([b"a" * 1000, b"b" * 10])
-    assembler = MessageAssembler(1 << 20, "no compression here")
+    assembler = MessageAssembler(1 << 20)
     (first, _), (second, _) = assembler.data_received(payload, len(payload))
     assert isinstance(first, memoryview) and first.obj is payload
     assert (bytes(first), bytes(second)) == (b"a" * 1000, b"b" * 10)
     with pytest.raises(MessageTooLargeError):
-        MessageAssembler(100, "x").data_received(struct.pack(">?I", False, 101), 5)
-    with pytest.raises(UnsupportedMessageEncodingError, match="no compression here"):
-        assembler.data_received(struct.pack(">?I", True, 3) + b"abc", 8)
-    assert MessageAssembler(10, "x").data_received(encode([b""]), 5) == [(b"", 5)]
+        MessageAssembler(100).data_received(struct.pack(">?I", False, 101), 5)
+    for encoding in (None, "identity"):
+        with pytest.raises(CompressedFlagError, match="compressed flag set without grpc-encoding"):
+            MessageAssembler(1 << 20, encoding).data_received(
+                struct.pack(">?I", True, 3) + b"abc", 8)
+    assert issubclass(CompressedFlagError, UnsupportedMessageEncodingError)
+    assert CompressedFlagError.status_code == StatusCode.INTERNAL
+    assert MessageAssembler(10).data_received(encode([b""]), 5) == [(b"", 5)]

@@ -330,20 +330,31 @@ def test_a_40_mib_message_is_resource_exhausted_and_the_channel_survives(ready):
     still_serving(channel, metadata)
 
 
-def test_gzip_compressed_request_gets_a_clear_status(ready):
-    """A gzip-compressed request is refused with a clear non-INTERNAL status; channel usable."""
+def test_gzip_and_deflate_requests_are_served_and_bombs_refused(ready):
+    """A gzip- or deflate-compressed request is served like a plain one (NOT_FOUND for an
+    absent key, the object for a present one), a bomb is RESOURCE_EXHAUSTED; channel usable."""
     channel, metadata = ready
     objects = object_pb2_grpc.ObjectServiceStub(channel)
     # A compressible request, so grpcio really sets the message's compressed flag.
     request = object_pb2.HeadObjectRequest(bucket_name="interop", object_key="k" * 1000)
-    try:
-        objects.HeadObject(request, metadata=metadata, timeout=30,
-                           compression=grpc.Compression.Gzip)
-    except grpc.RpcError as exc:
-        assert exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
-        assert "compress" in exc.details()
-    else:
-        pytest.fail("a compressed request was accepted")
+    for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        assert code_of(lambda: objects.HeadObject(
+            request, metadata=metadata, timeout=30, compression=compression,
+        )) == grpc.StatusCode.NOT_FOUND
+    data = b"compressible " * 100000
+    reply = objects.PutObject(put_requests("interop", "zipped", data), metadata=metadata,
+                              timeout=60, compression=grpc.Compression.Gzip)
+    assert reply.size == len(data)
+    head = objects.HeadObject(object_pb2.HeadObjectRequest(bucket_name="interop",
+                                                           object_key="zipped"),
+                              metadata=metadata, timeout=30, compression=grpc.Compression.Gzip)
+    assert head.info.etag == hashlib.sha256(data).hexdigest()
+    bomb = [object_pb2.PutObjectRequest(metadata=object_pb2.ObjectMetadata(
+                bucket_name="interop", object_key="bomb")),
+            object_pb2.PutObjectRequest(chunk=bytes(6 * MiB))]  # ~6 KB once gzipped
+    assert code_of(lambda: objects.PutObject(
+        iter(bomb), metadata=metadata, timeout=30, compression=grpc.Compression.Gzip,
+    )) == grpc.StatusCode.RESOURCE_EXHAUSTED
     still_serving(channel, metadata)
 
 

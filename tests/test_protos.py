@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
@@ -361,3 +364,73 @@ def test_purerpc_servicers_name_the_full_service():
     assert object_grpc.ObjectServiceServicer().service.name == "anvil.v1.ObjectService"
     assert set(upload_grpc.UploadServiceServicer().service.methods) == {"Upload"}
     assert health_grpc.HealthServicer().service.name == "grpc.health.v1.Health"
+
+
+# ---------------------------------------------------------------- install floors
+
+_ROOT = Path(__file__).resolve().parent.parent
+_GENERATED_PROTOBUF = re.compile(r"^# Protobuf Python Version: (\d+)\.(\d+)\.(\d+)\s*$", re.M)
+_VALIDATE_CALL = re.compile(
+    r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*"
+    r"(\d+),\s*(\d+),\s*(\d+),"
+)
+_GENERATED_GRPC = re.compile(r"^GRPC_GENERATED_VERSION = '(\d+)\.(\d+)\.(\d+)'\s*$", re.M)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _floor(requirements: list[str], name: str) -> tuple[int, ...]:
+    """The ``>=`` floor of ``name`` among PEP 508 requirement strings (fails if it has none)."""
+    pattern = re.compile(rf"^{re.escape(name)}\s*(?:\[[^\]]*\])?\s*([^;]*)", re.I)
+    for requirement in requirements:
+        found = pattern.match(requirement.strip())
+        if found is None:
+            continue
+        for clause in found.group(1).split(","):
+            clause = clause.strip()
+            if clause.startswith(">="):
+                return _version(clause[2:].strip())
+            if clause.startswith("=="):
+                return _version(clause[2:].strip())
+    raise AssertionError(f"{name} has no declared floor in {requirements!r}")
+
+
+def _project() -> dict:
+    with open(_ROOT / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["project"]
+
+
+def _generated(suffix: str) -> list[Path]:
+    files = sorted(_codegen.default_output_dir().rglob(f"*{suffix}"))
+    assert files, suffix
+    return files
+
+
+def test_generated_messages_need_no_newer_protobuf_than_the_declared_floor():
+    """Every ``*_pb2.py`` was generated for a protobuf no newer than the ``protobuf>=`` floor
+    of the package's dependencies (its import validates the runtime against that version)."""
+    floor = _floor(_project()["dependencies"], "protobuf")
+    for path in _generated("_pb2.py"):
+        text = path.read_text()
+        header = _GENERATED_PROTOBUF.search(text)
+        call = _VALIDATE_CALL.search(text)
+        assert header is not None and call is not None, path
+        generated = tuple(int(n) for n in header.groups())
+        assert tuple(int(n) for n in call.groups()) == generated, path
+        assert generated <= floor, f"{path.name} needs protobuf>={generated}, floor is {floor}"
+
+
+def test_generated_grpcio_stubs_need_no_newer_grpcio_than_the_test_floor():
+    """Every ``*_pb2_grpc.py`` (grpcio stubs, imported by tests only) needs a grpcio no newer
+    than the test extra's ``grpcio>=`` floor, and grpcio-tools' floor is what generated them."""
+    test_extra = _project()["optional-dependencies"]["test"]
+    grpcio_floor = _floor(test_extra, "grpcio")
+    tools_floor = _floor(test_extra, "grpcio-tools")
+    for path in _generated("_pb2_grpc.py"):
+        found = _GENERATED_GRPC.search(path.read_text())
+        assert found is not None, path
+        generated = tuple(int(n) for n in found.groups())
+        assert generated <= grpcio_floor, f"{path.name} needs grpcio>={generated}"
+        assert generated <= tools_floor, f"{path.name} was made by grpcio-tools {generated}"

@@ -12,8 +12,13 @@ Invariants:
 * Handler exceptions become statuses only through :func:`status_for_exception`; no status is
   ever ``CANCELLED`` and no message carries a ``repr()``.
 * ``active`` counts handlers running now; a call arriving while ``active`` is at the limit gets
-  ``RESOURCE_EXHAUSTED`` and a call arriving while draining gets ``UNAVAILABLE``, both without
-  running any handler.
+  ``RESOURCE_EXHAUSTED`` and a call arriving while draining gets ``UNAVAILABLE`` (except the
+  health service, which answers ``NOT_SERVING`` then), both without running any handler.
+* With an ``authenticate`` hook, a call to a method that is not public is authenticated from
+  its headers before any request message is decoded and before it takes a slot, so an
+  authentication failure (UNAUTHENTICATED) wins over a request that does not decode.
+* A call whose client reset the stream, or whose stream or connection is gone, ends quietly
+  (logged at DEBUG): a client's cancel is not an error.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import datetime
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio
 import attrs
+import h2.connection
 import h2.errors
+import h2.exceptions
 import purerpc
 import trio
 from purerpc import Cardinality, Status, StatusCode
@@ -41,7 +49,13 @@ from purerpc.wrappers import (
 from ._status import StatusMapper, status_for_exception
 from ._wire import CallControl, EdgeSocket, EdgeStream
 
-__all__ = ["CallContext", "CallDispatcher"]
+__all__ = [
+    "PUBLIC_METHODS",
+    "PUBLIC_SERVICES",
+    "SERVED_WHILE_DRAINING",
+    "CallContext",
+    "CallDispatcher",
+]
 
 log = logging.getLogger("anvil_trio.rpc")
 
@@ -54,6 +68,21 @@ _RUNNERS = {
 
 #: Seconds the edge may spend sending a call's final status, even while being cancelled.
 FINISH_TIMEOUT = 2.0
+
+#: Methods served without authentication (API.md): the token exchange itself. Every method of
+#: every service not named here or in :data:`PUBLIC_SERVICES` requires a bearer token.
+PUBLIC_METHODS: frozenset[str] = frozenset({"/anvil.v1.AuthService/GetAccessToken"})
+
+#: Services all of whose methods are served without authentication: the standard health and
+#: reflection services.
+PUBLIC_SERVICES: frozenset[str] = frozenset({
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+})
+
+#: Services still answered while the server drains (API.md: health says NOT_SERVING then).
+SERVED_WHILE_DRAINING: frozenset[str] = frozenset({"grpc.health.v1.Health"})
 
 
 @attrs.define(eq=False)
@@ -75,8 +104,18 @@ class CallContext:
         peer: the client's address as ``getpeername()`` gives it.
         peer_certificate: the verified TLS client certificate (``SSLSocket.getpeercert()``
             form), or ``None``.
+        principal: who the call authenticated as, from the dispatcher's ``authenticate``
+            hook (before any request message was decoded), or ``None``.
         initial_metadata: pairs to send in the response headers (before the first message).
         trailing_metadata: pairs to send with the final status.
+        request_compressed: whether the request message the handler received last arrived
+            compressed (its gRPC compressed flag was set); ``False`` before any. Set as each
+            message is handed to the handler, so a streaming handler sees it per message.
+        compress_responses: the handler's choice for the response messages it sends from now
+            on: ``None`` (default) the edge's rule (compress a message of at least 1 KiB that
+            is not pre-framed bulk data, if the client accepts gzip or deflate and it gets
+            smaller), ``True`` compress each one (if the client accepts an encoding), ``False``
+            none. See ``_compression``.
     """
 
     service_name: str
@@ -88,8 +127,11 @@ class CallContext:
     user_agent: str | None = None
     peer: Any = None
     peer_certificate: dict | None = None
+    principal: Any = None
     initial_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
     trailing_metadata: list[tuple[str, Any]] = attrs.field(factory=list)
+    request_compressed: bool = False
+    compress_responses: bool | None = None
     _control: CallControl | None = attrs.field(default=None, alias="control", repr=False)
 
     def abort(self, code: StatusCode, message: str) -> None:
@@ -122,6 +164,38 @@ def _as_service(item: purerpc.Service | purerpc.Servicer) -> purerpc.Service:
     return item.service if isinstance(item, purerpc.Servicer) else item
 
 
+#: What a handler meets when its stream or connection is gone under it (h2 raises
+#: ``StreamClosedError`` for a stream the peer reset or the connection closed).
+_GONE_ERRORS = (
+    h2.exceptions.ProtocolError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+def _went_away(exc: BaseException, socket: EdgeSocket, stream: EdgeStream) -> bool:
+    """Whether ``exc`` only says that the call's stream (or connection) is closed, and h2 agrees
+    that it is: then the call ends quietly instead of as an INTERNAL error."""
+    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if not leaves or not all(isinstance(leaf, _GONE_ERRORS) for leaf in leaves):
+        return False
+    h2_connection = socket.connection.h2_connection
+    if h2_connection.state_machine.state == h2.connection.ConnectionState.CLOSED:
+        return True
+    h2_stream = h2_connection.streams.get(stream.stream_id)
+    return h2_stream is None or h2_stream.closed
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
 def _expired(context: CallContext) -> Status:
     return Status(
         StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded (grpc-timeout {context.timeout})"
@@ -137,6 +211,15 @@ class CallDispatcher:
         max_concurrent_calls: handlers allowed to run at once; more get RESOURCE_EXHAUSTED.
         mapper: exception -> status for known errors (see ``_status``).
         dev_mode: INTERNAL messages carry the exception and traceback.
+        authenticate: ``CallContext -> principal``, raising (e.g. ``UnauthenticatedError``)
+            when the call's credentials do not hold. Run from the headers alone, before any
+            request message is decoded and before the call takes a slot, for every method that
+            :meth:`requires_auth`; the principal is set as ``context.principal``, a failure is
+            answered through ``mapper``. ``None``: handlers authenticate themselves.
+        public_methods: ``/service/method`` paths served without authentication.
+        public_services: service names all of whose methods are served without it.
+        serve_while_draining: services still answered while draining (health, which then
+            reports ``NOT_SERVING``); every other call gets UNAVAILABLE.
     """
 
     services: Mapping[str, purerpc.Service] = attrs.field(
@@ -145,6 +228,16 @@ class CallDispatcher:
     max_concurrent_calls: int = 1000
     mapper: StatusMapper = attrs.field(kw_only=True)
     dev_mode: bool = attrs.field(default=False, kw_only=True)
+    authenticate: Callable[[CallContext], Any] | None = attrs.field(default=None, kw_only=True)
+    public_methods: frozenset[str] = attrs.field(
+        default=PUBLIC_METHODS, converter=frozenset, kw_only=True
+    )
+    public_services: frozenset[str] = attrs.field(
+        default=PUBLIC_SERVICES, converter=frozenset, kw_only=True
+    )
+    serve_while_draining: frozenset[str] = attrs.field(
+        default=SERVED_WHILE_DRAINING, converter=frozenset, kw_only=True
+    )
     draining: bool = attrs.field(default=False, init=False)
     active: int = attrs.field(default=0, init=False)
     served: int = attrs.field(default=0, init=False)
@@ -201,16 +294,29 @@ class CallDispatcher:
                 control=control,
             )
             stream.context = context
+            # Before any request message is decoded and before the call takes a slot:
+            # route (draining, UNIMPLEMENTED), then authenticate, then admit (the limit).
             bound, status = self._route(context)
-            if bound is not None:
-                status = await self._invoke(bound, stream, control, context)
+            if status is None:
+                status = self._authenticate(context)
+            if status is None:
+                status = self._admit()
+            if status is None:
+                status = await self._invoke(bound, socket, stream, control, context)
         finally:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + FINISH_TIMEOUT
                 await self._finish(socket, stream, control, status)
 
+    def requires_auth(self, service_name: str, method_name: str) -> bool:
+        """Whether ``/service_name/method_name`` needs authentication (see ``public_*``)."""
+        return (
+            service_name not in self.public_services
+            and f"/{service_name}/{method_name}" not in self.public_methods
+        )
+
     def _route(self, context: CallContext):
-        if self.draining:
+        if self.draining and context.service_name not in self.serve_while_draining:
             self.refused += 1
             return None, Status(StatusCode.UNAVAILABLE, "server is draining; retry elsewhere")
         service = self.services.get(context.service_name)
@@ -221,15 +327,35 @@ class CallDispatcher:
         bound = service.methods.get(context.method_name)
         if bound is None:
             return None, Status(StatusCode.UNIMPLEMENTED, f"method {context.method} is not implemented")
+        return bound, None
+
+    def _authenticate(self, context: CallContext) -> Status | None:
+        """Run the ``authenticate`` hook for a call that needs it; its failure is the status."""
+        if self.authenticate is None or not self.requires_auth(
+            context.service_name, context.method_name
+        ):
+            return None
+        try:
+            context.principal = self.authenticate(context)
+        except Exception as exc:
+            return status_for_exception(
+                exc, mapper=self.mapper, dev_mode=self.dev_mode, where=context.method
+            )
+        return None
+
+    def _admit(self) -> Status | None:
         if self.active >= self.max_concurrent_calls:
             self.refused += 1
-            return None, Status(
+            return Status(
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"too many concurrent calls (limit {self.max_concurrent_calls}); retry later",
             )
-        return bound, None
+        return None
 
-    async def _invoke(self, bound, stream: EdgeStream, control: CallControl, context: CallContext):
+    async def _invoke(
+        self, bound, socket: EdgeSocket, stream: EdgeStream, control: CallControl,
+        context: CallContext,
+    ):
         self.active += 1
         self.served += 1
         if self.active == 1:
@@ -251,6 +377,14 @@ class CallDispatcher:
                     return control.abort_status
                 return _expired(context)
             except Exception as exc:
+                if control.peer_reset or _went_away(exc, socket, stream):
+                    # The client cancelled, or its stream or connection is gone: not an error,
+                    # and nobody is left to read a status.
+                    log.debug("%s on stream %d ended: the client went away (%r)",
+                              context.method, stream.stream_id, exc)
+                    if control.peer_reset or control.abort_status is not None:
+                        return control.abort_status
+                    return Status(StatusCode.UNAVAILABLE, "the connection closed during the call")
                 return status_for_exception(
                     exc, mapper=self.mapper, dev_mode=self.dev_mode, where=context.method
                 )

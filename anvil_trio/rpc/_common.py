@@ -5,7 +5,9 @@ Invariants:
 - A handler only translates: ``principal(ctx, request)`` first (UNAUTHENTICATED wins over
   everything), then argument validation (INVALID_ARGUMENT), then
   ``principal.require_operation`` (PERMISSION_DENIED), then storage (NOT_FOUND and the rest) —
-  the order API.md prescribes when several errors apply.
+  the order API.md prescribes when several errors apply. On a server the edge authenticates
+  earlier still, from the headers (``bearer_authenticator``), before a request message is
+  decoded; ``principal`` then returns what it found.
 - Errors are raised, never turned into statuses here: the edge maps them through the one table
   in ``_status``.
 - ``call_storage`` retries only :class:`~anvil_trio.storage.StorageUnavailableError`, with
@@ -28,7 +30,13 @@ from ..auth import Authenticator, Principal
 from ..storage import Storage, StorageUnavailableError
 from ._calls import CallContext
 
-__all__ = ["ServiceContext", "call_storage", "default_retry_schedule", "principal"]
+__all__ = [
+    "ServiceContext",
+    "bearer_authenticator",
+    "call_storage",
+    "default_retry_schedule",
+    "principal",
+]
 
 T = TypeVar("T")
 
@@ -57,12 +65,30 @@ class ServiceContext:
 
 
 def principal(ctx: ServiceContext, request: CallContext) -> Principal:
-    """Authenticate the call from its ``authorization: Bearer <JWT>`` metadata.
+    """Who the call is: the principal the edge already authenticated it as (the dispatcher's
+    ``authenticate`` hook, see :func:`bearer_authenticator`), else verified now from its
+    ``authorization: Bearer <JWT>`` metadata.
 
     Raises:
         UnauthenticatedError: missing, malformed, expired or badly signed token.
     """
+    if request.principal is not None:
+        return request.principal
     return ctx.auth.verify(request.metadata("authorization"))
+
+
+def bearer_authenticator(ctx: ServiceContext) -> Callable[[CallContext], Principal]:
+    """The ``CallDispatcher.authenticate`` hook of a server: verify the call's bearer token
+    from its headers alone (before any request message is decoded).
+
+    The hook raises ``UnauthenticatedError`` for a missing, malformed, expired or badly signed
+    token (UNAUTHENTICATED through the status table).
+    """
+
+    def authenticate(call: CallContext) -> Principal:
+        return ctx.auth.verify(call.metadata("authorization"))
+
+    return authenticate
 
 
 async def call_storage(

@@ -12,8 +12,9 @@ Lifecycle (a state machine with one direction):
 
 * ``serving``: accepts connections; :attr:`EdgeServer.port` is the bound port.
 * ``draining``: the listener is closed (new connections are refused by the OS); health says
-  ``NOT_SERVING``; new calls on open connections get ``UNAVAILABLE``; running calls have
-  ``drain_grace`` seconds to finish, then are cancelled and answered ``UNAVAILABLE``.
+  ``NOT_SERVING`` (health calls are still answered); other new calls on open connections get
+  ``UNAVAILABLE``; running calls have ``drain_grace`` seconds to finish, then are cancelled
+  and answered ``UNAVAILABLE``.
 * ``stopped``: every connection got a GOAWAY and is closed; ``serve()`` has returned (or
   re-raised its cancellation).
 """
@@ -24,8 +25,9 @@ import errno
 import logging
 import socket as stdlib_socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -36,8 +38,10 @@ from purerpc import Status, StatusCode
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.exceptions import GRPCError
 
-from ._calls import CallDispatcher
+from ._calls import CallContext, CallDispatcher
+from ._compression import SUPPORTED_ENCODINGS
 from ._health import HealthServicer, HealthState
+from ._reflection import default_reflection_servicers
 from ._status import DEFAULT_STATUS_TABLE, StatusMapper
 from ._wire import EdgeSocket, TrioStreamAdapter
 
@@ -133,7 +137,8 @@ class EdgeConfig:
         max_concurrent_calls: handlers running at once, server-wide; more get
             RESOURCE_EXHAUSTED.
         max_concurrent_streams: HTTP/2 streams a client may open at once per connection
-            (SETTINGS_MAX_CONCURRENT_STREAMS; a client exceeding it breaks its connection).
+            (SETTINGS_MAX_CONCURRENT_STREAMS; a stream past it gets RST_STREAM(REFUSED_STREAM),
+            which clients retry, and the connection goes on).
         connection_window_bytes: the HTTP/2 connection-level receive window: complete request
             messages received on one connection and not yet taken by their handlers never exceed
             it (each stream's own window is ``2 x max_request_message_bytes``).
@@ -184,11 +189,17 @@ class EdgeServer:
     Args:
         services: purerpc ``Servicer`` instances or ``Service`` objects. A
             ``grpc.health.v1.Health`` service backed by :attr:`health` is added unless one is
-            given.
+            given, and so are the ``grpc.reflection.v1`` and ``v1alpha`` services describing
+            everything served (each unless given).
         config: listening and limits.
         status_mapper: known exception -> status (default: the table in ``_status``).
         ssl_context: a ready server context, used instead of ``config.tls``.
         health: the health state to serve (default: a new one, ``NOT_SERVING``).
+        authenticate: checks a call's credentials from its headers (``CallContext`` ->
+            principal, set as ``context.principal``; raises the auth error otherwise), before
+            its request is decoded and before it takes a call slot; ``None``: no check at the
+            edge. Methods the dispatcher declares public (token issuing, health, reflection)
+            are not checked.
     """
 
     def __init__(
@@ -199,6 +210,7 @@ class EdgeServer:
         status_mapper: StatusMapper = DEFAULT_STATUS_TABLE,
         ssl_context: ssl.SSLContext | None = None,
         health: HealthState | None = None,
+        authenticate: Callable[[CallContext], Any] | None = None,
     ) -> None:
         self.config = config if config is not None else EdgeConfig()
         self.health = health if health is not None else HealthState()
@@ -206,18 +218,20 @@ class EdgeServer:
         names = {(s.service if isinstance(s, purerpc.Servicer) else s).name for s in items}
         if "grpc.health.v1.Health" not in names:
             items.append(HealthServicer(self.health))
+        items.extend(default_reflection_servicers(items))
         self._dispatcher = CallDispatcher(
             items,
             self.config.max_concurrent_calls,
             mapper=status_mapper,
             dev_mode=self.config.dev_mode,
         )
+        self._dispatcher.authenticate = authenticate
         if ssl_context is None and self.config.tls is not None:
             ssl_context = self.config.tls.server_context()
         self._ssl_context = ssl_context
         self._purerpc_config = GRPCConfiguration(
             client_side=False,
-            message_accept_encoding=["identity"],
+            message_accept_encoding=list(SUPPORTED_ENCODINGS),
             max_message_length=self.config.max_request_message_bytes,
         )
         self._state = "new"
@@ -378,8 +392,15 @@ class EdgeServer:
                 self._connections_idle.set()
 
 
+#: Seconds a closing connection may take to write what is queued for it (its GOAWAY).
+_GOAWAY_FLUSH_TIMEOUT = 1.0
+
+
 class _Connection:
     """One accepted TCP connection: TLS handshake, then calls until EOF or drain."""
+
+    #: The GOAWAY error code this connection was closed with for a connection error.
+    goaway_code = None
 
     def __init__(self, server: EdgeServer, tcp_stream: trio.SocketStream) -> None:
         self._server = server
@@ -452,10 +473,21 @@ class _Connection:
         async with grpc_socket:
             async with trio.open_nursery() as calls:
                 calls.start_soon(self._goaway_on_stop, grpc_socket, calls.cancel_scope)
-                async for call_stream in grpc_socket.listen():
-                    calls.start_soon(self._run_call, grpc_socket, call_stream, certificate)
-                # The peer closed the connection: nobody is left to answer.
+                try:
+                    async for call_stream in grpc_socket.listen():
+                        calls.start_soon(self._run_call, grpc_socket, call_stream, certificate)
+                except h2.exceptions.ProtocolError as exc:
+                    # A connection error: h2 has queued GOAWAY with its code. Say why, end
+                    # the calls, and let the writer send the GOAWAY before the socket closes.
+                    code = getattr(exc, "error_code", None)
+                    log.warning("closing connection from %s: %s (GOAWAY %s)", self._peer,
+                                exc, getattr(code, "name", code))
+                    self.goaway_code = code
+                # The peer closed the connection, or broke the protocol: nobody is left to
+                # answer.
                 calls.cancel_scope.cancel()
+            with trio.move_on_after(_GOAWAY_FLUSH_TIMEOUT):
+                await grpc_socket.drain_outbound()
 
     async def _run_call(self, grpc_socket: EdgeSocket, call_stream, certificate) -> None:
         await self._server._dispatcher.run(

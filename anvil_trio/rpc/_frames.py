@@ -19,6 +19,11 @@ Invariants:
   less those of a message still incomplete (padding counts toward the next message finished).
   A message lying inside one received piece is handed out as a ``memoryview`` of that piece
   (no copy); one spanning pieces is joined into ``bytes``.
+* A message with the compressed flag (on a ``gzip`` or ``deflate`` stream) is inflated piece by
+  piece as it arrives and handed out as an ``InflatedMessage``; its flow-controlled length is
+  that of its compressed wire bytes. The assembler never holds more than the compressed bytes
+  not yet fed plus ``max_message_length + 1`` inflated bytes, so a message that inflates past
+  the limit is refused at that size (see ``_compression``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidFrameError
 from hyperframe.frame import DataFrame
-from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
+from purerpc.grpclib.exceptions import MessageTooLargeError
+
+from ._compression import Inflater
 
 __all__ = ["FrameReader", "MessageAssembler"]
 
@@ -95,27 +102,42 @@ class FrameReader(FrameBuffer):
 class MessageAssembler:
     """gRPC length-prefixed messages out of DATA payloads, for one stream.
 
+    A message with the compressed flag set is inflated as its bytes arrive (see
+    ``_compression``): its compressed bytes are dropped once fed to the inflater, so the
+    assembler holds at most the compressed bytes not yet fed plus ``max_message_length + 1``
+    inflated bytes (:attr:`buffered`), and the message comes out as an ``InflatedMessage``.
+
     Args:
-        max_message_length: larger messages raise :class:`MessageTooLargeError`.
-        compressed_error: the text of the :class:`UnsupportedMessageEncodingError` raised for a
-            message with the compressed flag set (compression is not supported).
+        max_message_length: larger messages (on the wire, or once inflated) are refused.
+        encoding: the stream's ``grpc-encoding`` (``None``: absent); ``gzip`` and ``deflate``
+            messages are inflated, the compressed flag with any other is refused.
     """
 
-    def __init__(self, max_message_length: int, compressed_error: str) -> None:
+    def __init__(self, max_message_length: int, encoding: str | None = None) -> None:
         self._max = max_message_length
-        self._compressed_error = compressed_error
+        self._encoding = encoding
         self._pieces: collections.deque[memoryview] = collections.deque()
         self._size = 0
         self._owed = 0  # flow-controlled bytes received and not yet reported
         self._length: int | None = None  # length of the message whose prefix was read
+        self._inflater: Inflater | None = None  # set while a compressed message arrives
+        self._unfed = 0  # compressed bytes of that message not yet fed to the inflater
+
+    @property
+    def buffered(self) -> int:
+        """Payload bytes held now: received and not yet handed out, plus inflated ones."""
+        return self._size + (self._inflater.buffered if self._inflater is not None else 0)
 
     def data_received(self, data: bytes, flow_controlled_length: int) -> list[tuple[object, int]]:
         """Take one DATA payload; return the messages it completed, each with the
-        flow-controlled bytes it accounts for.
+        flow-controlled bytes it accounts for (for a compressed message: its wire bytes).
 
         Raises:
-            MessageTooLargeError: a prefix announces a message over the limit.
-            UnsupportedMessageEncodingError: a message has the compressed flag set.
+            MessageTooLargeError: a prefix announces a message over the limit, or
+                (``InflatedTooLargeError``) a compressed message inflates past it.
+            UnsupportedMessageEncodingError: (``CompressedFlagError``) a message has the
+                compressed flag set without a compressing encoding, or
+                (``CorruptMessageError``) a compressed message does not inflate.
         """
         self._owed += flow_controlled_length
         if data:
@@ -127,22 +149,45 @@ class MessageAssembler:
                 if self._size < _MESSAGE_PREFIX.size:
                     return done
                 compressed, length = _MESSAGE_PREFIX.unpack(self._take(_MESSAGE_PREFIX.size))
-                if compressed:
-                    raise UnsupportedMessageEncodingError(self._compressed_error)
                 if length > self._max:
                     raise MessageTooLargeError(
                         f"Received message larger than max: {length} > {self._max}"
                     )
+                if compressed:
+                    self._inflater = Inflater(self._encoding, self._max)
+                    self._unfed = length
                 self._length = length
-            if self._size < self._length:
-                return done
-            message = self._take(self._length)
+            inflater = self._inflater
+            if inflater is not None:
+                while self._unfed and self._size:
+                    piece = self._take_piece(self._unfed)
+                    self._unfed -= len(piece)
+                    inflater.feed(piece)
+                if self._unfed:
+                    return done
+                message = inflater.finish()
+                self._inflater = None
+            else:
+                if self._size < self._length:
+                    return done
+                message = self._take(self._length)
             # Everything received so far but the bytes still buffered (padding included)
             # is accounted to this message; the rest waits for the message it belongs to.
             reported = self._owed - self._size
             self._owed = self._size
             self._length = None
             done.append((message, reported))
+
+    def _take_piece(self, most: int) -> memoryview:
+        """Remove and return the front piece, or its first ``most`` bytes (no copy)."""
+        first = self._pieces[0]
+        if len(first) > most:
+            self._pieces[0] = first[most:]
+            first = first[:most]
+        else:
+            self._pieces.popleft()
+        self._size -= len(first)
+        return first
 
     def _take(self, count: int) -> object:
         """Remove ``count`` bytes from the front: a view if one piece holds them, else bytes."""

@@ -146,9 +146,13 @@ DEFAULT_STATUS_TABLE = StatusTable(
         DecodeError: StatusCode.INVALID_ARGUMENT,
         # purerpc: "Expected one message, got zero/multiple" on a unary request stream.
         ProtocolError: StatusCode.INVALID_ARGUMENT,
+        # A generated servicer method left as it was generated (it raises this), as other
+        # gRPC servers answer it.
+        NotImplementedError: StatusCode.UNIMPLEMENTED,
     },
     {
         DecodeError: "request message does not decode as the method's request type",
+        NotImplementedError: "method is not implemented",
     },
 )
 

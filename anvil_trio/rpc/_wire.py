@@ -4,7 +4,13 @@ input cannot kill the connection's other calls.
 purerpc 0.8.0 (``purerpc.grpclib.connection.GRPCConnection``) raises out of ``receive_data`` --
 which tears the whole connection down -- for a message over its limit, a compressed message it
 cannot decode, malformed request headers, and data for a stream it forgot. This module turns
-each of those into a per-call outcome instead.
+each of those into a per-call outcome instead. Below it, :class:`~._h2.EdgeH2Connection` (h2 with
+the edge's :class:`~._gate.StreamGate` in front) decides every frame the way RFC 9113 does:
+late frames for closed streams are ignored, stream errors stay stream errors, excess streams are
+refused, and only a real connection error ends the connection -- with GOAWAY first (a defect
+inside the connection is GOAWAY(INTERNAL_ERROR), never a silent close). Request headers h2
+accepted as HTTP/2 but that are no gRPC request (method, path, content type, te, a malformed
+``grpc-timeout``) are answered INVALID_ARGUMENT on their stream (:func:`grpc_request_problem`).
 
 Invariants:
 
@@ -26,8 +32,14 @@ Invariants:
 * Outgoing bytes are bounded too: a stream adds a DATA frame to the connection's send buffer
   only while fewer than ``max_outbound_buffer`` bytes wait there (or are being written), and
   frames are cut from the message by ``memoryview`` slicing, never by copying the rest.
-* A rejected call (too large, compressed) is answered by its own call task with the status
-  recorded in its ``CallControl``; the connection only records it and cancels the call.
+* A rejected call (too large, badly compressed, an unknown ``grpc-encoding``) is answered by
+  its own call task with the status recorded in its ``CallControl``; the connection only
+  records it and cancels the call.
+* Compression (rules in ``_compression``): request messages are inflated by the stream's
+  ``MessageAssembler`` within ``max_message_length`` (flow control counts their compressed wire
+  bytes); every response header block carries ``grpc-accept-encoding``; response messages are
+  compressed only with the encoding named in the response's ``grpc-encoding``, which is set
+  only when the client's ``grpc-accept-encoding`` allows it.
 * A stream reset by the peer cancels its call; nothing is sent on it afterwards.
 * A stream object is dropped from the socket's registry only at the start of the next
   ``receive_data``, i.e. after every event of the previous batch has been delivered; streams
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import struct
 from typing import Any
 
@@ -53,9 +66,20 @@ from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import MessageReceived, RequestEnded, ResponseEnded
+from purerpc.grpclib.headers import sanitize_headers
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 
+from ._compression import (
+    ACCEPT_ENCODING,
+    InflatedMessage,
+    MessageDecodeError,
+    compress_message,
+    is_supported,
+    response_encoding,
+    unsupported_encoding_message,
+)
 from ._frames import FrameReader, MessageAssembler
+from ._h2 import EdgeH2Connection, EdgeProtocolError
 from ._headers import ResponseHeaderEncoder, check_response_metadata
 
 __all__ = [
@@ -110,6 +134,25 @@ class _EdgeMessage(MessageReceived):
         self.connection_owed = owed
 
 
+class _CallAssembler(MessageAssembler):
+    """One call's :class:`MessageAssembler`, which records the exact status of a badly
+    compressed message (``MessageDecodeError.status_code``, e.g. INTERNAL) on the call before
+    the error goes on to the connection's generic handling (which discards the call's input and
+    aborts it; the first status recorded wins)."""
+
+    def __init__(self, max_message_length: int, encoding: str | None,
+                 control: CallControl) -> None:
+        super().__init__(max_message_length, encoding)
+        self._control = control
+
+    def data_received(self, data: bytes, flow_controlled_length: int) -> list[tuple[object, int]]:
+        try:
+            return super().data_received(data, flow_controlled_length)
+        except MessageDecodeError as exc:
+            self._control.abort(Status(exc.status_code, str(exc)))
+            raise
+
+
 class EdgeConnection(GRPCConnection):
     """purerpc's sans-IO gRPC connection, with per-call failure handling and flow control that
     follows consumption (see module doc).
@@ -126,6 +169,13 @@ class EdgeConnection(GRPCConnection):
     ) -> None:
         self.MAX_CONCURRENT_STREAMS = max_concurrent_streams
         super().__init__(config)
+        # The gate decides which frames h2 sees, and the edge checks request headers (_h2).
+        self.h2_connection = EdgeH2Connection(
+            self.h2_connection.config, max_concurrent_streams=max_concurrent_streams
+        )
+        self.h2_connection.clear_outbound_data_buffer()
+        self._set_h2_connection_local_settings()
+        self.h2_connection.on_discarded_data = self._discarded_data
         # Frames and messages are cut out of received bytes with fewer copies (see _frames).
         self.h2_connection.incoming_buffer = FrameReader(server=not config.client_side)
         # Response header blocks are encoded once and reused (see _headers). The edge builds
@@ -208,30 +258,99 @@ class EdgeConnection(GRPCConnection):
         """Bytes queued for the socket and not yet taken by the writer."""
         return len(self.h2_connection._data_to_send)
 
+    # --- response headers (purerpc's, plus the compression headers; see _compression) ---
+
+    def start_response(self, stream_id: int, content_type_suffix: str = "", custom_metadata=(),
+                       *, message_encoding: str | None = None) -> None:
+        """Send the response headers, with ``grpc-accept-encoding`` (what the edge reads) and,
+        if ``message_encoding`` is set, ``grpc-encoding`` (messages may be compressed)."""
+        headers = [
+            (":status", "200"),
+            ("content-type", "application/grpc" + content_type_suffix),
+        ]
+        if message_encoding is not None:
+            headers.append(("grpc-encoding", message_encoding))
+        headers.append(("grpc-accept-encoding", ACCEPT_ENCODING))
+        headers.extend(sanitize_headers(custom_metadata))
+        self.h2_connection.send_headers(stream_id, headers, end_stream=False)
+
+    def respond_status(self, stream_id: int, status: Status, content_type_suffix: str = "",
+                       custom_metadata=()) -> None:
+        """Send a trailers-only response (status without messages), with
+        ``grpc-accept-encoding`` (the spec wants it on an UNIMPLEMENTED for an encoding)."""
+        trailers = [
+            (":status", "200"),
+            ("content-type", "application/grpc" + content_type_suffix),
+            ("grpc-accept-encoding", ACCEPT_ENCODING),
+            ("grpc-status", str(status.int_value)),
+        ]
+        if status.status_message:
+            trailers.append(("grpc-message", encode_grpc_message(status.status_message)))
+        trailers.extend(sanitize_headers(custom_metadata))
+        self.h2_connection.send_headers(stream_id, trailers, end_stream=True)
+
+    def end_response(self, stream_id: int, status: Status, custom_metadata=()) -> None:
+        """Send the trailers that end a response that had headers (and maybe messages)."""
+        trailers = [("grpc-status", str(status.int_value))]
+        if status.status_message:
+            trailers.append(("grpc-message", encode_grpc_message(status.status_message)))
+        trailers.extend(sanitize_headers(custom_metadata))
+        self.h2_connection.send_headers(stream_id, trailers, end_stream=True)
+
     # --- h2 event translation (synchronous, inside receive_data) ---
 
     def receive_data(self, data: bytes) -> list:
+        """Feed received bytes; return purerpc events.
+
+        Raises:
+            h2.exceptions.ProtocolError: a connection error; GOAWAY with its code is queued.
+        """
         self._drop_retired()
-        return super().receive_data(data)
+        try:
+            return super().receive_data(data)
+        except h2.exceptions.ProtocolError:
+            raise
+        except Exception as exc:
+            # A defect, not the peer's fault: still end the connection with GOAWAY first.
+            try:
+                self.h2_connection.close_connection(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            raise EdgeProtocolError(h2.errors.ErrorCodes.INTERNAL_ERROR,
+                                    f"internal error: {exc!r}") from exc
+
+    def _discarded_data(self, length: int) -> None:
+        """A DATA frame the gate dropped: its bytes go straight back to the connection window."""
+        self.received_bytes += length
+        self.acknowledged_bytes += length
+        self._credit_connection(length)
 
     def _request_received(self, event):
         sid = event.stream_id
-        try:
-            events = super()._request_received(event)
-        except Exception as exc:  # malformed headers: answer this stream only
-            self._refuse(sid, Status(StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}"),
+        problem = grpc_request_problem(event.headers)
+        if problem is None:
+            try:
+                events = super()._request_received(event)
+            except Exception:  # pragma: no cover - grpc_request_problem checks what purerpc does
+                problem = "malformed gRPC request headers"
+        if problem is not None:  # not a gRPC request: answer this stream only
+            self._refuse(sid, Status(StatusCode.INVALID_ARGUMENT, problem),
                          remote_ended=bool(event.stream_ended))
             return []
         request = events[0]
-        # Compressed messages are refused, not inflated: purerpc would zlib.decompress a gzip
-        # body (which fails and kills the connection) and inflate deflate bodies without a
-        # size bound (a decompression bomb).
-        self.message_read_buffers[sid] = MessageAssembler(
-            self.config.max_message_length,
-            f"compressed request messages are not supported (grpc-encoding "
-            f"{request.message_encoding!r}); send them uncompressed (identity)",
+        control = self.calls[sid] = CallControl(sid)
+        encoding = request.message_encoding
+        if not is_supported(encoding):
+            # Refused before any message (as grpc-go does); the call task answers, and the
+            # trailers carry grpc-accept-encoding (respond_status). Its input is discarded.
+            self.message_read_buffers.pop(sid, None)
+            control.abort(Status(StatusCode.UNIMPLEMENTED, unsupported_encoding_message(encoding)))
+            return events
+        # Compressed messages are inflated by the assembler with a hard bound (_compression),
+        # never by purerpc (which zlib.decompresses without a bound and fails on gzip).
+        self.message_read_buffers[sid] = _CallAssembler(
+            self.config.max_message_length, encoding, control
         )
-        self.calls[sid] = CallControl(sid)
         return events
 
     def _data_received(self, event):
@@ -341,6 +460,50 @@ class EdgeConnection(GRPCConnection):
             stream = self.stream_registry.pop(sid, None)
             if stream is not None:
                 self.ack_unread(stream)
+
+
+def encode_grpc_message(message: str) -> str:
+    """``grpc-message`` as the gRPC HTTP/2 spec has it: the UTF-8 bytes, with every byte
+    outside printable ASCII (0x20-0x7E) and ``%`` itself percent-encoded, the rest as they
+    are (clients that decode only what must be encoded -- grpc-js -- read it back exactly)."""
+    if message.isascii() and message.isprintable() and "%" not in message:
+        return message
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
+                   for b in message.encode("utf-8"))
+
+
+#: ``grpc-timeout``: at most 8 digits and a unit (the gRPC HTTP/2 protocol spec).
+_GRPC_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
+
+
+def grpc_request_problem(headers) -> str | None:
+    """Why well-formed HTTP/2 request headers are not a gRPC request, or ``None``.
+
+    Args:
+        headers: the ``(name, value)`` pairs h2 decoded (``str``).
+
+    Returns:
+        A message for the client (INVALID_ARGUMENT), naming the header at fault.
+    """
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        fields.setdefault(name, value)
+    if fields.get(":method") != "POST":
+        return f"gRPC requests use POST, not {fields.get(':method')!r}"
+    if fields.get(":scheme") not in ("http", "https"):
+        return f"unsupported :scheme {fields.get(':scheme')!r}"
+    path = fields.get(":path", "")
+    if not path.startswith("/") or path.count("/") != 2:
+        return f"malformed :path {path!r}; gRPC paths are /service/method"
+    if fields.get("te") != "trailers":
+        return "the te: trailers header is missing (a proxy that drops it cannot carry gRPC)"
+    if not fields.get("content-type", "").startswith("application/grpc"):
+        return f"content-type {fields.get('content-type')!r} is not application/grpc"
+    timeout = fields.get("grpc-timeout")
+    if timeout is not None and not _GRPC_TIMEOUT.fullmatch(timeout):
+        return (f"malformed grpc-timeout header {timeout!r}: expected 1-8 digits and a unit "
+                f"(H, M, S, m, u or n)")
+    return None
 
 
 _MESSAGE_HEADER = struct.Struct(">?I")
@@ -468,20 +631,41 @@ class EdgeStream(GRPCProtoStream):
     sending_partial: bool = False
     #: ``bytes -> message`` used instead of ``ParseFromString`` when set (see ``_calls``).
     request_decoder: Any = None
+    #: The encoding response messages may be compressed with (``_compression``), chosen from
+    #: the client's ``grpc-accept-encoding`` when the response headers go out; ``None``: never.
+    response_encoding: str | None = None
+
+    async def start_response(self, content_type_suffix="", custom_metadata=()):
+        start = self._start_stream_event
+        self.response_encoding = response_encoding(
+            getattr(start, "message_accept_encoding", None)
+        )
+        self._grpc_connection.start_response(
+            self._stream_id, content_type_suffix or "+proto", custom_metadata,
+            message_encoding=self.response_encoding,
+        )
+        self._response_started = True
+        await self._socket.flush()
 
     async def send_message(self, message) -> None:
+        """Send one response message, compressed or not by the rule in ``_compression``
+        (the handler's ``context.compress_responses`` is read for each message)."""
         if not self._response_started:
             initial = (check_response_metadata(self.context.initial_metadata)
                        if self.context is not None and self.context.initial_metadata else ())
             await self.start_response(custom_metadata=initial)
+        mode = self.context.compress_responses if self.context is not None else None
         self.sending_partial = True
         if isinstance(message, PreFramed):
-            await self._send_wire(message)
+            if mode and self.response_encoding is not None:
+                await self._send(memoryview(message.wire)[_MESSAGE_HEADER.size:], True)
+            else:
+                await self._send_wire(message)
         else:
             payload = message if isinstance(message, (bytes, bytearray, memoryview)) else (
                 message.SerializeToString()
             )
-            await self._send(payload)
+            await self._send(payload, mode)
         self.sending_partial = False
 
     async def _send_wire(self, message: PreFramed) -> None:
@@ -503,15 +687,23 @@ class EdgeStream(GRPCProtoStream):
             await self._socket.flush()
 
     async def _send(self, message, compress=False):
-        if compress:
-            raise ValueError("the edge sends uncompressed messages only")
+        """Frame and send one serialized message.
+
+        Args:
+            message: the serialized message (any buffer).
+            compress: ``True`` compress it, ``False`` do not, ``None`` the automatic rule;
+                only if the call has a :attr:`response_encoding` (see ``_compression``).
+        """
         if len(message) > self._grpc_connection.config.max_message_length:
             raise MessageTooLargeError(
                 f"response message of {len(message)} bytes exceeds the limit of "
                 f"{self._grpc_connection.config.max_message_length}"
             )
         connection: EdgeConnection = self._grpc_connection
-        header = _MESSAGE_HEADER.pack(False, len(message))
+        packed = compress_message(message, self.response_encoding, mode=compress)
+        if packed is not None:
+            message = packed
+        header = _MESSAGE_HEADER.pack(packed is not None, len(message))
         body = memoryview(message)
         while header or body:
             await self._socket.wait_for_room()
@@ -541,12 +733,20 @@ class EdgeStream(GRPCProtoStream):
         return event
 
     async def receive_event(self):
-        decoder = self.request_decoder
-        if decoder is None:
-            return await super().receive_event()
+        """The next incoming event, a message decoded (``request_decoder`` or the expected
+        type's ``ParseFromString``); ``context.request_compressed`` tells whether that message
+        arrived compressed."""
         event = await self._receive()
         if isinstance(event, MessageReceived):
-            event.data = decoder(event.data)
+            data = event.data
+            if self.context is not None:
+                self.context.request_compressed = isinstance(data, InflatedMessage)
+            decoder = self.request_decoder
+            if decoder is not None:
+                event.data = decoder(data)
+            elif hasattr(self, "_incoming_message_type"):
+                event.data = self._incoming_message_type()
+                event.data.ParseFromString(data)
         return event
 
     async def close(self, status=None, content_type_suffix="", custom_metadata=()):
@@ -584,6 +784,12 @@ class _EdgeSocketWrapper(SocketWrapper):
     async def wait_for_room(self) -> None:
         """Wait until fewer than ``max_outbound`` bytes wait to be written."""
         while self._running and self.outbound_bytes() >= self._max_outbound:
+            self._flush_event.set()
+            await self._room.wait()
+
+    async def wait_until_empty(self) -> None:
+        """Wait until the send buffer is empty and nothing is being written."""
+        while self._running and self.outbound_bytes():
             self._flush_event.set()
             await self._room.wait()
 
@@ -652,6 +858,11 @@ class EdgeSocket(GRPCProtoSocket):
     async def flush(self) -> None:
         """Wake the writer so queued frames go out."""
         await self._socket.flush()
+
+    async def drain_outbound(self) -> None:
+        """Wait until everything queued has been written (or the writer stopped)."""
+        await self._socket.flush()
+        await self._socket.wait_until_empty()
 
     def goaway(self) -> None:
         """Queue a GOAWAY (NO_ERROR); the peer opens no further calls on this connection."""

@@ -1,0 +1,1 @@
+"""The gRPC interop suite (grpc.testing.TestService) served by anvil_trio's edge."""
