@@ -42,7 +42,7 @@ from purerpc.grpclib.events import ResponseEnded
 from purerpc.grpclib.exceptions import GRPCError
 
 from ._client_types import AnvilError, InternalError, UnavailableError, error_for_status
-from .rpc._wire import TrioStreamAdapter
+from .rpc._transport import TrioStreamAdapter
 
 __all__ = ["Call", "Connection"]
 

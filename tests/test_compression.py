@@ -50,7 +50,7 @@ from anvil_trio.rpc._compression import (
 )
 from anvil_trio.rpc._edge import EdgeConfig, EdgeServer
 from anvil_trio.rpc._frames import MessageAssembler
-from anvil_trio.rpc._wire import bytes_field_message
+from anvil_trio.rpc._messages import bytes_field_message
 from anvil_trio.testing import open_test_server
 
 grpc = pytest.importorskip("grpc")

@@ -12,7 +12,7 @@ import trio
 from purerpc import StatusCode
 
 from anvil_trio._proto.anvil.v1 import bucket_pb2, object_pb2, object_pb2_grpc
-from anvil_trio._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from anvil_trio._proto.grpc.health.v1 import health_pb2
 from anvil_trio.testing import bearer, code_of, open_test_server, rpc_error
 
 MiB = 1 << 20

@@ -13,7 +13,7 @@ import trio
 from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hyperframe.frame import GoAwayFrame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
 from _h2client import HEALTH_CHECK, HEALTH_WATCH, RawClient, health_check_ok, request_headers
 from anvil_trio._proto.grpc.health.v1 import health_grpc

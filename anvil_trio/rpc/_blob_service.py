@@ -12,7 +12,7 @@ Invariants:
   ``offset`` is the absolute position of the chunk's first byte in the blob; the chunks are
   contiguous from the range's (clamped) start to its (clamped) end. An empty range or blob
   yields no chunk. Each is serialized straight into its frame
-  (:func:`~._wire.bytes_field_message`: one copy of the bytes).
+  (:func:`~._messages.bytes_field_message`: one copy of the bytes).
 * ``ListBlobs`` streams ``BlobMetadata`` in ascending key order, strictly after
   ``start_after``; ``limit`` 0 means 1000 and larger limits are capped at 1000.
 * Handlers only translate; errors are raised and mapped to statuses by the edge's one table.
@@ -29,7 +29,7 @@ from .._proto.anvil.v1.blob_grpc import BlobServiceServicer
 from ..storage import BlobInfo, InvalidArgumentError, parse_blob_key
 from ._calls import CallContext
 from ._common import ServiceContext, call_storage, principal
-from ._wire import PreFramed, bytes_field_message, varint_field
+from ._messages import PreFramed, bytes_field_message, varint_field
 
 __all__ = ["MAX_CHUNK_BYTES", "BlobService", "blob_metadata", "timestamp_from_seconds"]
 

@@ -43,7 +43,8 @@ from ._compression import SUPPORTED_ENCODINGS
 from ._health import HealthServicer, HealthState
 from ._reflection import default_reflection_servicers
 from ._status import DEFAULT_STATUS_TABLE, StatusMapper
-from ._wire import EdgeSocket, TrioStreamAdapter
+from ._transport import TrioStreamAdapter
+from ._wire import EdgeSocket
 
 __all__ = ["EdgeConfig", "EdgeServer", "EdgeStats", "EdgeStateError", "TLSConfig"]
 

@@ -39,7 +39,13 @@ from hpack import Encoder
 from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable
 
-__all__ = ["ResponseHeaderEncoder", "check_response_metadata", "encode_static_block"]
+__all__ = [
+    "ResponseHeaderEncoder",
+    "check_response_metadata",
+    "encode_grpc_message",
+    "encode_static_block",
+    "grpc_request_problem",
+]
 
 #: First static-table index (1-based) of each exact (name, value) pair, and of each name.
 _STATIC_PAIRS: dict[tuple[bytes, bytes], int] = {}
@@ -200,3 +206,47 @@ class ResponseHeaderEncoder(Encoder):
             del self._blocks[next(iter(self._blocks))]
         self._blocks[(key, huffman)] = block
         return block
+
+
+def encode_grpc_message(message: str) -> str:
+    """``grpc-message`` as the gRPC HTTP/2 spec has it: the UTF-8 bytes, with every byte
+    outside printable ASCII (0x20-0x7E) and ``%`` itself percent-encoded, the rest as they
+    are (clients that decode only what must be encoded -- grpc-js -- read it back exactly)."""
+    if message.isascii() and message.isprintable() and "%" not in message:
+        return message
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
+                   for b in message.encode("utf-8"))
+
+
+#: ``grpc-timeout``: at most 8 digits and a unit (the gRPC HTTP/2 protocol spec).
+_GRPC_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
+
+
+def grpc_request_problem(headers) -> str | None:
+    """Why well-formed HTTP/2 request headers are not a gRPC request, or ``None``.
+
+    Args:
+        headers: the ``(name, value)`` pairs h2 decoded (``str``).
+
+    Returns:
+        A message for the client (INVALID_ARGUMENT), naming the header at fault.
+    """
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        fields.setdefault(name, value)
+    if fields.get(":method") != "POST":
+        return f"gRPC requests use POST, not {fields.get(':method')!r}"
+    if fields.get(":scheme") not in ("http", "https"):
+        return f"unsupported :scheme {fields.get(':scheme')!r}"
+    path = fields.get(":path", "")
+    if not path.startswith("/") or path.count("/") != 2:
+        return f"malformed :path {path!r}; gRPC paths are /service/method"
+    if fields.get("te") != "trailers":
+        return "the te: trailers header is missing (a proxy that drops it cannot carry gRPC)"
+    if not fields.get("content-type", "").startswith("application/grpc"):
+        return f"content-type {fields.get('content-type')!r} is not application/grpc"
+    timeout = fields.get("grpc-timeout")
+    if timeout is not None and not _GRPC_TIMEOUT.fullmatch(timeout):
+        return (f"malformed grpc-timeout header {timeout!r}: expected 1-8 digits and a unit "
+                f"(H, M, S, m, u or n)")
+    return None

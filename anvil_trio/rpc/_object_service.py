@@ -18,7 +18,7 @@ Invariants:
   connection, the client's deadline or any storage error before the commit leaves nothing
   visible. Puts are not retried (their input cannot be replayed).
 * ``GetObject`` sends the object's info first, then chunks of at most 1 MiB (storage's reader
-  chunk size), each serialized straight into its frame (:func:`~._wire.bytes_field_message`:
+  chunk size), each serialized straight into its frame (:func:`~._messages.bytes_field_message`:
   one copy of the bytes); the reader is closed however the call ends (the edge closes the
   handler's generator on cancellation).
 * Handlers raise domain errors; the edge maps them through the one table in ``_status``.
@@ -42,7 +42,7 @@ from ..storage._validation import (
 from ._bucket_service import to_timestamp
 from ._calls import CallContext
 from ._common import ServiceContext, call_storage, principal
-from ._wire import PreFramed, bytes_field_message
+from ._messages import PreFramed, bytes_field_message
 
 __all__ = ["MAX_RESPONSE_CHUNK_BYTES", "ObjectService", "object_info_message"]
 

@@ -50,19 +50,16 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
-import struct
 from typing import Any
 
 import anyio
-import anyio.abc
 import attrs
 import h2.errors
 import h2.exceptions
 import trio
 from purerpc import Status, StatusCode
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
-from purerpc.grpc_socket import GRPCStreamState, SocketWrapper
+from purerpc.grpc_socket import GRPCStreamState
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import MessageReceived, RequestEnded, ResponseEnded
@@ -80,17 +77,20 @@ from ._compression import (
 )
 from ._frames import FrameReader, MessageAssembler
 from ._h2 import EdgeH2Connection, EdgeProtocolError
-from ._headers import ResponseHeaderEncoder, check_response_metadata
+from ._headers import (
+    ResponseHeaderEncoder,
+    check_response_metadata,
+    encode_grpc_message,
+    grpc_request_problem,
+)
+from ._messages import MESSAGE_HEADER, PreFramed
+from ._transport import EdgeSocketWriter
 
 __all__ = [
     "CallControl",
     "EdgeConnection",
     "EdgeSocket",
     "EdgeStream",
-    "PreFramed",
-    "TrioStreamAdapter",
-    "bytes_field_message",
-    "varint_field",
 ]
 
 log = logging.getLogger("anvil_trio.rpc")
@@ -462,108 +462,6 @@ class EdgeConnection(GRPCConnection):
                 self.ack_unread(stream)
 
 
-def encode_grpc_message(message: str) -> str:
-    """``grpc-message`` as the gRPC HTTP/2 spec has it: the UTF-8 bytes, with every byte
-    outside printable ASCII (0x20-0x7E) and ``%`` itself percent-encoded, the rest as they
-    are (clients that decode only what must be encoded -- grpc-js -- read it back exactly)."""
-    if message.isascii() and message.isprintable() and "%" not in message:
-        return message
-    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
-                   for b in message.encode("utf-8"))
-
-
-#: ``grpc-timeout``: at most 8 digits and a unit (the gRPC HTTP/2 protocol spec).
-_GRPC_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
-
-
-def grpc_request_problem(headers) -> str | None:
-    """Why well-formed HTTP/2 request headers are not a gRPC request, or ``None``.
-
-    Args:
-        headers: the ``(name, value)`` pairs h2 decoded (``str``).
-
-    Returns:
-        A message for the client (INVALID_ARGUMENT), naming the header at fault.
-    """
-    fields: dict[str, str] = {}
-    for name, value in headers:
-        fields.setdefault(name, value)
-    if fields.get(":method") != "POST":
-        return f"gRPC requests use POST, not {fields.get(':method')!r}"
-    if fields.get(":scheme") not in ("http", "https"):
-        return f"unsupported :scheme {fields.get(':scheme')!r}"
-    path = fields.get(":path", "")
-    if not path.startswith("/") or path.count("/") != 2:
-        return f"malformed :path {path!r}; gRPC paths are /service/method"
-    if fields.get("te") != "trailers":
-        return "the te: trailers header is missing (a proxy that drops it cannot carry gRPC)"
-    if not fields.get("content-type", "").startswith("application/grpc"):
-        return f"content-type {fields.get('content-type')!r} is not application/grpc"
-    timeout = fields.get("grpc-timeout")
-    if timeout is not None and not _GRPC_TIMEOUT.fullmatch(timeout):
-        return (f"malformed grpc-timeout header {timeout!r}: expected 1-8 digits and a unit "
-                f"(H, M, S, m, u or n)")
-    return None
-
-
-_MESSAGE_HEADER = struct.Struct(">?I")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-class PreFramed:
-    """A response message already in its wire form: the 5-byte gRPC prefix, then the
-    serialized message. :meth:`EdgeStream.send_message` sends it as it is, in frames cut by
-    ``memoryview`` slicing. Built by :func:`bytes_field_message` for the bulk data streams.
-
-    Attributes:
-        wire: prefix and message.
-    """
-
-    __slots__ = ("wire",)
-
-    def __init__(self, wire: bytes) -> None:
-        self.wire = wire
-
-    def __len__(self) -> int:
-        return len(self.wire) - _MESSAGE_HEADER.size
-
-
-def bytes_field_message(field_number: int, data: bytes, tail: bytes = b"") -> PreFramed:
-    """A message holding ``data`` in its ``bytes`` field ``field_number``, followed by the
-    already serialized fields ``tail``, ready to send: ``data`` is copied once (building the
-    same bytes with a protobuf class copies it twice, and framing them a third time).
-
-    Args:
-        field_number: 1-15 (a one-byte tag).
-        data: the field's bytes (any buffer).
-        tail: serialized further fields, appended as they are.
-
-    Raises:
-        ValueError: ``field_number`` outside 1-15.
-    """
-    if not 1 <= field_number <= 15:
-        raise ValueError("field_number must be 1-15")
-    length = len(data)
-    field = bytes(((field_number << 3) | 2,)) + _varint(length)
-    size = len(field) + length + len(tail)
-    return PreFramed(b"".join((_MESSAGE_HEADER.pack(False, size), field, data, tail)))
-
-
-def varint_field(field_number: int, value: int) -> bytes:
-    """A serialized varint field (``int64``/``uint64`` >= 0), or nothing for 0 (proto3)."""
-    if not value:
-        return b""
-    return _varint(field_number << 3) + _varint(value)
-
-
 class _Inbox:
     """One stream's incoming purerpc events (headers, messages, end), in order.
 
@@ -658,7 +556,7 @@ class EdgeStream(GRPCProtoStream):
         self.sending_partial = True
         if isinstance(message, PreFramed):
             if mode and self.response_encoding is not None:
-                await self._send(memoryview(message.wire)[_MESSAGE_HEADER.size:], True)
+                await self._send(memoryview(message.wire)[MESSAGE_HEADER.size:], True)
             else:
                 await self._send_wire(message)
         else:
@@ -703,7 +601,7 @@ class EdgeStream(GRPCProtoStream):
         packed = compress_message(message, self.response_encoding, mode=compress)
         if packed is not None:
             message = packed
-        header = _MESSAGE_HEADER.pack(packed is not None, len(message))
+        header = MESSAGE_HEADER.pack(packed is not None, len(message))
         body = memoryview(message)
         while header or body:
             await self._socket.wait_for_room()
@@ -767,63 +665,12 @@ class EdgeStream(GRPCProtoStream):
         return self.state in (GRPCStreamState.HALF_CLOSED_LOCAL, GRPCStreamState.CLOSED)
 
 
-class _EdgeSocketWrapper(SocketWrapper):
-    """purerpc's socket writer, telling senders when the send buffer has room again."""
-
-    def __init__(self, grpc_connection: EdgeConnection, stream, *, max_outbound: int) -> None:
-        super().__init__(grpc_connection, stream)
-        self._max_outbound = max_outbound
-        self._in_flight = 0
-        self._room = trio.Event()
-        self._flush_event = trio.Event()
-
-    def outbound_bytes(self) -> int:
-        """Bytes waiting in the send buffer plus those the writer is sending now."""
-        return self._in_flight + self._grpc_connection.outbound_buffered()
-
-    async def wait_for_room(self) -> None:
-        """Wait until fewer than ``max_outbound`` bytes wait to be written."""
-        while self._running and self.outbound_bytes() >= self._max_outbound:
-            self._flush_event.set()
-            await self._room.wait()
-
-    async def wait_until_empty(self) -> None:
-        """Wait until the send buffer is empty and nothing is being written."""
-        while self._running and self.outbound_bytes():
-            self._flush_event.set()
-            await self._room.wait()
-
-    def _wake_senders(self) -> None:
-        self._room.set()
-        self._room = trio.Event()
-
-    async def _writer_thread(self):
-        try:
-            while True:
-                data = self._grpc_connection.data_to_send()
-                if data:
-                    self._in_flight = len(data)
-                    try:
-                        await self._stream.send(data)
-                    finally:
-                        self._in_flight = 0
-                    self._wake_senders()
-                elif self._running:
-                    await self._flush_event.wait()
-                    self._flush_event = trio.Event()
-                else:
-                    return
-        finally:
-            self._running = False
-            self._wake_senders()
-
-
 class EdgeSocket(GRPCProtoSocket):
     """purerpc's server socket driving an :class:`EdgeConnection` and :class:`EdgeStream`\\ s.
 
     Args:
         config: purerpc configuration (server side).
-        stream: the byte stream (see :class:`TrioStreamAdapter`).
+        stream: the byte stream (see :class:`~._transport.TrioStreamAdapter`).
         max_concurrent_streams: advertised SETTINGS_MAX_CONCURRENT_STREAMS.
         connection_window: the connection-level receive window in bytes.
         max_outbound_buffer: bytes of frames that may wait for the socket before senders wait.
@@ -841,7 +688,7 @@ class EdgeSocket(GRPCProtoSocket):
             config, max_concurrent_streams=max_concurrent_streams,
             connection_window=connection_window,
         )
-        self._socket = _EdgeSocketWrapper(
+        self._socket = EdgeSocketWriter(
             self._grpc_connection, stream, max_outbound=max_outbound_buffer
         )
         self._grpc_connection.stream_registry = self._streams
@@ -870,42 +717,3 @@ class EdgeSocket(GRPCProtoSocket):
             self._grpc_connection.h2_connection.close_connection()
         except h2.exceptions.ProtocolError:
             pass
-
-
-class TrioStreamAdapter:
-    """Presents a trio stream (TCP or TLS) with the subset of the anyio ``SocketStream`` API
-    that purerpc uses: ``send``, ``receive``, ``extra(SocketAttribute.raw_socket)``, ``aclose``.
-
-    Args:
-        stream: a ``trio.SocketStream`` or a ``trio.SSLStream`` over one.
-        raw_socket: the underlying trio socket (for purerpc's keep-alive options).
-    """
-
-    def __init__(self, stream: trio.abc.Stream, raw_socket) -> None:
-        self._stream = stream
-        self._raw_socket = raw_socket
-
-    def extra(self, attribute, default=None):
-        if attribute is anyio.abc.SocketAttribute.raw_socket:
-            return self._raw_socket
-        if default is not None:
-            return default
-        raise anyio.TypedAttributeLookupError(attribute)
-
-    async def send(self, data: bytes) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise anyio.BrokenResourceError from exc
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise anyio.BrokenResourceError from exc
-        if not data:
-            raise anyio.EndOfStream
-        return data
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
