@@ -28,6 +28,11 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> No
         raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
 
 
+def _not_below_backoff_max(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value >= instance.token_backoff_max:
+        raise ValueError(f"{attribute.name} must be at least token_backoff_max, got {value!r}")
+
+
 def _path(value: Any) -> pathlib.Path:
     return pathlib.Path(value).expanduser()
 
@@ -63,12 +68,56 @@ class Config:
         direct_io: write new blob files past the page cache (``O_DIRECT``) where the file
             system allows it: far less CPU per byte for large uploads; the first read of a
             fresh blob then comes from the disk.
+        ballast_bytes: size of ``data_dir/ballast``, a file of real blocks released when the
+            disk runs out, so deletes still have room to run; recreated once there is room
+            again. None: ``min(16 MiB, 1% of the file system)``; 0: no ballast.
+        min_free_bytes: free space kept on the data dir's file system: writes that add bytes
+            (PutObject, Upload, CreateBucket) get RESOURCE_EXHAUSTED below it; reads and
+            deletes never do. None: ``min(128 MiB, 2% of the file system)``; 0: no floor.
         token_lifetime: seconds an access token is valid.
         token_leeway: seconds of clock skew tolerated on exp/nbf/iat.
+        token_hash_concurrency: client-secret checks (scrypt, ~60 ms of CPU and 16 MiB each)
+            run at once by ``GetAccessToken``.
+        token_hash_wait: seconds a ``GetAccessToken`` call may wait for a free check slot;
+            past it RESOURCE_EXHAUSTED ("too many sign-in attempts at once").
+        token_free_failures: consecutive failed sign-ins of one client id before it backs off.
+            After the n-th failure the id is refused (RESOURCE_EXHAUSTED, no scrypt) for
+            ``0`` seconds while n <= free, then ``min(base * 2**(n - free - 1), max)`` seconds;
+            a success clears it (see ``anvil_trio.auth._throttle``).
+        token_peer_free_failures: the same for all failures from one address (IPv6: one /64);
+            an address's backoff refuses only client ids that have failures on record, never
+            an id with a clean record.
+        token_backoff_base, token_backoff_max: ``base`` and ``max`` of that formula, seconds.
+        token_failures_tracked: most client ids (and, separately, addresses) whose failures
+            are remembered; past it the oldest are forgotten.
+        token_failures_forget: seconds after its last failure at which a client id's or an
+            address's failures are forgotten (at least ``token_backoff_max``).
         jwt_issuer: the ``iss`` claim of issued tokens.
         jwt_key: an HS256 signing key; None generates one into ``data_dir`` (mode 0600).
         key_poll_interval: seconds between checks of the key file in ``data_dir`` for keys the
             admin CLI rotated (unused when ``jwt_key`` is set).
+        preface_timeout: seconds a new connection has (after any TLS handshake) to send the
+            HTTP/2 client preface and its first SETTINGS; past it the connection is closed.
+        idle_timeout: seconds a connection may stay without open calls before the server sends
+            GOAWAY(NO_ERROR) and closes it.
+        keepalive_interval: seconds without receiving anything on a connection before the
+            server sends an HTTP/2 PING.
+        keepalive_timeout: seconds after that PING for anything to arrive before the
+            connection is taken for dead and closed. ``inf`` disables any of these timers.
+        max_connections: connections open at once; ones accepted past it are closed at once.
+        max_header_list_bytes: SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (frames
+            are at most 16 KiB; a header block past the limit ends the connection with
+            GOAWAY(ENHANCE_YOUR_CALM)).
+        stream_reset_rate: live streams one connection may have reset per second (bursts of
+            10x); past it GOAWAY(ENHANCE_YOUR_CALM) (Rapid Reset).
+        control_frame_rate: PING/SETTINGS, PRIORITY and empty DATA frames one connection may
+            send per second, each kind in bursts of 10x; past it GOAWAY(ENHANCE_YOUR_CALM).
+        connection_call_share: share of ``max_concurrent_calls`` one connection may hold; its
+            calls past it get RESOURCE_EXHAUSTED.
+        health_call_slots: health checks served at once, apart from the data calls' slots.
+        stream_stall_timeout: seconds a call may wait for its client without progress (no
+            window to send into, no request data, no room to write) before it ends
+            (DEADLINE_EXCEEDED); Upload streams use ``upload_idle_timeout`` instead.
         dev_mode: put exception details in INTERNAL errors (never in production).
     """
 
@@ -89,11 +138,35 @@ class Config:
     upload_expiry: float = attrs.field(default=24 * 3600.0, validator=_positive)
     reaper_interval: float = attrs.field(default=60.0, validator=_positive)
     direct_io: bool = True
+    ballast_bytes: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
+    min_free_bytes: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
     token_lifetime: float = attrs.field(default=15 * 60.0, validator=_positive)
     token_leeway: float = attrs.field(default=30.0, validator=_non_negative)
+    token_hash_concurrency: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    token_hash_wait: float = attrs.field(default=1.0, validator=_non_negative)
+    token_free_failures: int = attrs.field(default=2, validator=attrs.validators.ge(0))
+    token_peer_free_failures: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+    token_backoff_base: float = attrs.field(default=0.5, validator=_positive)
+    token_backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    token_failures_tracked: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    token_failures_forget: float = attrs.field(default=900.0, validator=_not_below_backoff_max)
     jwt_issuer: str = "anvil-trio"
     jwt_key: str | None = None
     key_poll_interval: float = attrs.field(default=5.0, validator=_positive)
+    preface_timeout: float = attrs.field(default=10.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=300.0, validator=_positive)
+    keepalive_interval: float = attrs.field(default=60.0, validator=_positive)
+    keepalive_timeout: float = attrs.field(default=20.0, validator=_positive)
+    max_connections: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_header_list_bytes: int = attrs.field(default=16 << 10, validator=attrs.validators.ge(4096))
+    stream_reset_rate: float = attrs.field(default=200.0, validator=attrs.validators.ge(1))
+    control_frame_rate: float = attrs.field(default=100.0, validator=attrs.validators.ge(1))
+    connection_call_share: float = attrs.field(
+        default=0.5, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
+    health_call_slots: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    stream_stall_timeout: float = attrs.field(default=60.0, validator=_positive)
     dev_mode: bool = False
 
     def __attrs_post_init__(self) -> None:

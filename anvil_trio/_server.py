@@ -46,6 +46,7 @@ from .auth import (
     KeyFileError,
     KeyFileMonitor,
     KeyRing,
+    SignInThrottle,
     load_or_create_keyring,
 )
 from .rpc import EdgeConfig, EdgeServer, HealthState, TLSConfig
@@ -85,8 +86,8 @@ def storage_config(config: Config) -> StorageConfig:
     """The embedded storage's configuration derived from the server's.
 
     ``data_dir`` is shared; ``max_object_bytes`` (None: no limit), ``upload_expiry``,
-    ``reaper_interval`` and ``direct_io`` carry over; blob files are always fsynced (this is a
-    real server).
+    ``reaper_interval`` and ``direct_io`` carry over, and so do ``ballast_bytes`` and
+    ``min_free_bytes``; blob files are always fsynced (this is a real server).
     """
     return StorageConfig(
         data_dir=config.data_dir,
@@ -94,6 +95,8 @@ def storage_config(config: Config) -> StorageConfig:
         upload_ttl=config.upload_expiry,
         reaper_interval=config.reaper_interval,
         direct_io=config.direct_io,
+        ballast_bytes=config.ballast_bytes,
+        min_free_bytes=config.min_free_bytes,
         fsync=True,
     )
 
@@ -120,6 +123,17 @@ def edge_config(config: Config) -> EdgeConfig:
         max_request_message_bytes=config.max_message_bytes,
         max_concurrent_calls=config.max_concurrent_calls,
         drain_grace=config.grace_period,
+        preface_timeout=config.preface_timeout,
+        idle_timeout=config.idle_timeout,
+        keepalive_interval=config.keepalive_interval,
+        keepalive_timeout=config.keepalive_timeout,
+        max_connections=config.max_connections,
+        max_header_list_bytes=config.max_header_list_bytes,
+        stream_reset_rate=config.stream_reset_rate,
+        control_frame_rate=config.control_frame_rate,
+        connection_call_share=config.connection_call_share,
+        health_call_slots=config.health_call_slots,
+        stream_stall_timeout=config.stream_stall_timeout,
         dev_mode=config.dev_mode,
     )
 
@@ -215,6 +229,16 @@ class Server:
             issuer=config.jwt_issuer,
             token_lifetime=config.token_lifetime,
             leeway=config.token_leeway,
+            hash_concurrency=config.token_hash_concurrency,
+            hash_wait=config.token_hash_wait,
+            throttle=SignInThrottle.from_settings(
+                base=config.token_backoff_base,
+                cap=config.token_backoff_max,
+                free=config.token_free_failures,
+                peer_free=config.token_peer_free_failures,
+                max_keys=config.token_failures_tracked,
+                forget_after=config.token_failures_forget,
+            ),
         )
         self.auth = auth
         ctx = ServiceContext(

@@ -279,12 +279,14 @@ class TestServer:
 
 def config_for_tests(tmp_path: str | pathlib.Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """The configuration of a test server: data under ``tmp_path/anvil-data``, 127.0.0.1,
-    port 0, a 1 s drain grace; ``overrides`` (Config field names) win."""
+    port 0, a 1 s drain grace, a 1 MiB disk ballast (test suites start many servers);
+    ``overrides`` (Config field names) win."""
     values: dict[str, Any] = {
         "data_dir": pathlib.Path(tmp_path) / "anvil-data",
         "host": "127.0.0.1",
         "port": 0,
         "grace_period": TEST_GRACE_PERIOD,
+        "ballast_bytes": 1 << 20,
     }
     values.update(overrides or {})
     return Config(**values)

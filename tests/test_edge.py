@@ -591,7 +591,7 @@ async def test_concurrency_limit_answers_resource_exhausted(echo):
     """Past max_concurrent_calls a call gets RESOURCE_EXHAUSTED; after release calls work."""
     pb2 = echo.pb2
     servicer = make_servicer(echo)
-    async with running([servicer], max_concurrent_calls=3) as server:
+    async with running([servicer], max_concurrent_calls=3, connection_call_share=1.0) as server:
         async with purerpc.insecure_channel("127.0.0.1", server.port) as channel:
             stub = echo.grpc_mod.EchoStub(channel)
             results = []

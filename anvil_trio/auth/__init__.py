@@ -7,7 +7,8 @@ Invariants of the layer:
 * Scopes are ``ACTION:RESOURCE`` with only a trailing ``*`` as wildcard; concrete resources are
   compared literally, so no object key can widen a scope (see ``_scopes``).
 * Client secrets are stored only as ``scrypt$N$r$p$SALT$HASH`` and checked in constant time in
-  a worker thread; unknown client ids cost the same work.
+  a worker thread; unknown client ids cost the same work. Failed sign-ins back off per client
+  id and per address, refused before any scrypt work (see ``_throttle``).
 * Tokens are HS256 JWTs with a ``kid``; verification pins the algorithm, the issuer, the key
   ids of the ring and every claim, and checks times against an injectable clock with a leeway.
 
@@ -22,6 +23,7 @@ from ._errors import (
     InvalidScopeError,
     KeyFileError,
     PermissionDeniedError,
+    TooManyAttemptsError,
     UnauthenticatedError,
 )
 from ._keys import (
@@ -61,6 +63,13 @@ from ._secrets import (
     parse_secret_hash,
     verify_secret,
 )
+from ._throttle import (
+    Admission,
+    FailureBook,
+    SignInThrottle,
+    failure_schedule,
+    peer_key,
+)
 from ._tokens import (
     DEFAULT_ISSUER,
     DEFAULT_LEEWAY,
@@ -80,10 +89,12 @@ __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
     "KEY_FILE_NAME",
     "OPERATIONS",
+    "Admission",
     "AppRecord",
     "AppStore",
     "AuthError",
     "Authenticator",
+    "FailureBook",
     "Grants",
     "InvalidResourceError",
     "InvalidScopeError",
@@ -95,15 +106,18 @@ __all__ = [
     "Principal",
     "Scope",
     "ScryptParams",
+    "SignInThrottle",
     "SigningKey",
     "TokenClaims",
     "TokenCodec",
+    "TooManyAttemptsError",
     "UnauthenticatedError",
     "VerifiedTokenCache",
     "blob_resource",
     "bucket_resource",
     "covers",
     "dummy_verify",
+    "failure_schedule",
     "generate_client_id",
     "generate_client_secret",
     "hash_secret",
@@ -115,6 +129,7 @@ __all__ = [
     "narrow_scopes",
     "object_resource",
     "parse_scope",
+    "peer_key",
     "required_scope_for",
     "rotate_keyring",
     "verify_secret",

@@ -12,6 +12,13 @@ Invariants:
   (each takes ~16 MiB at the default parameters). An unknown client id, or an app whose stored
   hash is malformed, costs the same scrypt work as a real check and fails with the same message
   as a wrong secret, so neither timing nor wording tells whether a client id exists.
+* Sign-in is throttled before any scrypt work (``_throttle`` states the rules): an attempt for
+  a client id backing off after failures — or for an id that failed, from an address backing
+  off — is refused at once with :class:`TooManyAttemptsError`; so is one that finds no free
+  hashing slot within ``hash_wait`` seconds. Unknown client ids are tracked exactly like known
+  ones. An id with no failures on record is never refused by the backoff, so an attack on one
+  app never delays another app's correct secret (only the shared hashing slots are shared).
+  The throttle runs on the Trio clock (``trio.current_time()``), not on ``clock``.
 * ``verify`` is synchronous and cheap: it parses ``Bearer <jwt>`` (scheme case-insensitive)
   and checks the token with the current key ring: one HMAC the first time, then (from the
   codec's cache of verified tokens) only the time checks, against the clock, until the token
@@ -23,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -30,11 +38,12 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._errors import PermissionDeniedError, UnauthenticatedError
+from ._errors import PermissionDeniedError, TooManyAttemptsError, UnauthenticatedError
 from ._keys import KeyRing
 from ._operations import required_scope_for
 from ._scopes import Grants, Scope, narrow_scopes
 from ._secrets import DEFAULT_SCRYPT, ScryptParams, dummy_verify, verify_secret
+from ._throttle import Admission, SignInThrottle, peer_key
 from ._tokens import (
     DEFAULT_ISSUER,
     DEFAULT_LEEWAY,
@@ -54,6 +63,23 @@ __all__ = [
 logger = logging.getLogger("anvil_trio.auth")
 
 _BAD_CREDENTIALS = "invalid client credentials"
+_SLOTS_BUSY = "too many sign-in attempts at once; retry later"
+DEFAULT_HASH_WAIT = 1.0
+
+
+def _refusal(admission: Admission, now: float) -> TooManyAttemptsError:
+    if admission.reason == "busy":
+        return TooManyAttemptsError(
+            "a sign-in attempt for this client id is already being checked; retry shortly"
+        )
+    retry_after = max(0.0, admission.retry_at - now)
+    # Round up to the next 0.1 s, so retrying after the stated time is never too early.
+    shown = math.ceil(retry_after * 10) / 10
+    where = "from this address" if admission.reason == "peer" else "for this client id"
+    return TooManyAttemptsError(
+        f"too many failed sign-in attempts {where}; retry in {shown:.1f} s",
+        retry_after=retry_after,
+    )
 
 
 @attrs.frozen
@@ -194,6 +220,9 @@ class Authenticator:
         scrypt_params: the cost of the stand-in work done for unknown client ids; match what
             new secrets are hashed with.
         hash_concurrency: how many secret verifications may run at once.
+        hash_wait: seconds an attempt may wait for a hashing slot; past it,
+            :class:`TooManyAttemptsError` (``inf``: wait as long as it takes).
+        throttle: the sign-in backoff state (default: ``SignInThrottle()``, see ``_throttle``).
         clock: the time source when no ``now=`` is given (seconds since the epoch).
         token_cache_size: how many verified tokens to remember (0: verify each in full).
     """
@@ -205,12 +234,16 @@ class Authenticator:
     leeway: float = attrs.field(default=DEFAULT_LEEWAY, kw_only=True)
     scrypt_params: ScryptParams = attrs.field(default=DEFAULT_SCRYPT, kw_only=True)
     hash_concurrency: int = attrs.field(default=2, kw_only=True)
+    hash_wait: float = attrs.field(default=DEFAULT_HASH_WAIT, kw_only=True)
+    throttle: SignInThrottle = attrs.field(factory=SignInThrottle, kw_only=True)
     clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
     token_cache_size: int = attrs.field(default=DEFAULT_TOKEN_CACHE_SIZE, kw_only=True)
     _codec: TokenCodec = attrs.field(init=False)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        if not self.hash_wait >= 0:
+            raise ValueError(f"hash_wait must not be negative, got {self.hash_wait!r}")
         self._codec = self._make_codec(self._keyring)
         self._limiter = trio.CapacityLimiter(self.hash_concurrency)
 
@@ -231,16 +264,38 @@ class Authenticator:
         self._codec = self._make_codec(keyring)
         self._keyring = keyring
 
-    async def _check_secret(self, client_secret: str, secret_hash: str | None) -> bool:
+    async def _check_secret(
+        self, client_id: str, peer: str | None, client_secret: str, secret_hash: str | None
+    ) -> bool:
         def work() -> bool:
             if secret_hash is not None:
                 try:
                     return verify_secret(client_secret, secret_hash)
                 except ValueError:
                     logger.error("an app's stored secret hash is malformed; refusing it")
-            return dummy_verify(client_secret, params=self.scrypt_params)
+            dummy_verify(client_secret, params=self.scrypt_params)
+            return False
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        got_slot = False
+        with trio.move_on_after(self.hash_wait):
+            await self._limiter.acquire()
+            got_slot = True
+        if not got_slot:
+            raise TooManyAttemptsError(_SLOTS_BUSY, retry_after=self.hash_wait)
+        try:
+            # Check again: while this attempt queued, others for the id may have failed.
+            now = trio.current_time()
+            admission = self.throttle.begin(client_id, peer, now=now)
+            if not admission.allowed:
+                raise _refusal(admission, now)
+            ok: bool | None = None
+            try:
+                ok = await trio.to_thread.run_sync(work)
+            finally:
+                self.throttle.finish(client_id, peer, ok, now=trio.current_time())
+        finally:
+            self._limiter.release()
+        return ok
 
     async def issue_token(
         self,
@@ -249,6 +304,7 @@ class Authenticator:
         requested_scopes: Sequence[str] = (),
         *,
         now: float | None = None,
+        peer: object = None,
     ) -> IssuedToken:
         """Check client credentials and issue a token (``GetAccessToken``).
 
@@ -257,18 +313,31 @@ class Authenticator:
             client_secret: its secret.
             requested_scopes: scope strings; empty means all the app's grants.
             now: the issue time (seconds since the epoch); default ``clock()``.
+            peer: the client's address as ``getpeername()`` gives it (``None``: unknown, no
+                per-address throttling).
 
         Returns:
             The :class:`IssuedToken`.
 
         Raises:
+            TooManyAttemptsError: the attempt was refused without checking the secret (the
+                id or, for an id that failed, the address backs off; or no hashing slot came
+                free within ``hash_wait``). Its ``retry_after`` says when to try again.
             UnauthenticatedError: unknown client id or wrong secret (indistinguishable).
             InvalidScopeError: a requested scope does not parse.
             PermissionDeniedError: none of the requested scopes is granted (or the app has no
                 grants).
         """
+        known_id = client_id if isinstance(client_id, str) else ""
+        address = peer_key(peer)
+        moment = trio.current_time()
+        admission = self.throttle.check(known_id, address, now=moment)
+        if not admission.allowed:
+            raise _refusal(admission, moment)
         app = await self.apps.get_app(client_id) if isinstance(client_id, str) else None
-        ok = await self._check_secret(client_secret, None if app is None else app.secret_hash)
+        ok = await self._check_secret(
+            known_id, address, client_secret, None if app is None else app.secret_hash
+        )
         if app is None or not ok:
             raise UnauthenticatedError(_BAD_CREDENTIALS)
         scopes = narrow_scopes(app.scopes, requested_scopes)

@@ -10,6 +10,7 @@ UnauthenticatedError       UNAUTHENTICATED         no
 InvalidScopeError          INVALID_ARGUMENT        no
 InvalidResourceError       INVALID_ARGUMENT        no
 PermissionDeniedError      PERMISSION_DENIED       no
+TooManyAttemptsError       RESOURCE_EXHAUSTED      after ``retry_after`` seconds
 KeyFileError               INTERNAL (at startup)   no
 =========================  ======================  ==========
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidScopeError",
     "KeyFileError",
     "PermissionDeniedError",
+    "TooManyAttemptsError",
     "UnauthenticatedError",
 ]
 
@@ -63,3 +65,19 @@ class InvalidResourceError(AuthError, ValueError):
 
 class KeyFileError(AuthError, OSError):
     """The JWT key file is unreadable, malformed, or readable by other users than its owner."""
+
+
+class TooManyAttemptsError(AuthError):
+    """A sign-in attempt was refused without checking the secret: its client id (or, for an id
+    that already failed, its address) is backing off after failed attempts, or every hashing
+    slot stayed busy for the whole wait. The message says when to retry; it never says whether
+    the client id exists.
+
+    Args:
+        message: safe to show to the client.
+        retry_after: seconds after which a new attempt may be checked (0: no particular time).
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

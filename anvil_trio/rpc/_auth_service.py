@@ -11,23 +11,34 @@ Invariants:
   take effect at the next ``GetAccessToken``. Tokens already issued are not touched.
 * An unknown client id and a wrong secret are indistinguishable on the wire (same status, same
   message, same scrypt work).
+* Failed sign-ins back off per client id and per peer address (rules in ``auth._throttle``).
+  A refused attempt costs no scrypt and ends at once with RESOURCE_EXHAUSTED ("retry after a
+  delay" in API.md); its message gives the retry time, and a ``retry-after-ms`` trailer the
+  same in milliseconds (the edge reserves the ``grpc-`` prefix, so not
+  ``grpc-retry-pushback-ms``). Refusing at once, rather than holding the call and answering
+  UNAUTHENTICATED after the delay, keeps an attacker from tying up call slots and tells an
+  honest client exactly when to come back.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import attrs
 
 from .._effects import retry
 from .._proto.anvil.v1 import auth_grpc, auth_pb2
 from .._schedule import Schedule
-from ..auth import AppRecord
+from ..auth import AppRecord, TooManyAttemptsError
 from ..storage import NotFoundError, Storage, StorageUnavailableError
 from ._calls import CallContext
 from ._common import ServiceContext, default_retry_schedule
 
-__all__ = ["AuthService", "StorageAppStore"]
+__all__ = ["RETRY_AFTER_TRAILER", "AuthService", "StorageAppStore"]
+
+#: Trailer of a throttled ``GetAccessToken``: milliseconds until a new attempt is checked.
+RETRY_AFTER_TRAILER = "retry-after-ms"
 
 
 @attrs.frozen
@@ -80,10 +91,19 @@ class AuthService(auth_grpc.AuthServiceServicer):
             InvalidScopeError: a requested scope does not parse.
             PermissionDeniedError: none of the requested scopes is granted.
             StorageUnavailableError: apps could not be read.
+            TooManyAttemptsError: the attempt was throttled (RESOURCE_EXHAUSTED; see the
+                module docstring).
         """
-        issued = await self._ctx.auth.issue_token(
-            input_message.client_id, input_message.client_secret, tuple(input_message.scopes)
-        )
+        try:
+            issued = await self._ctx.auth.issue_token(
+                input_message.client_id, input_message.client_secret,
+                tuple(input_message.scopes), peer=request.peer,
+            )
+        except TooManyAttemptsError as exc:
+            if exc.retry_after > 0:
+                pushback_ms = math.ceil(exc.retry_after * 1000)
+                request.trailing_metadata.append((RETRY_AFTER_TRAILER, str(pushback_ms)))
+            raise  # RESOURCE_EXHAUSTED (the status table), with the trailer above
         return auth_pb2.GetAccessTokenResponse(
             access_token=issued.access_token,
             token_type=issued.token_type,

@@ -81,6 +81,9 @@ PUBLIC_SERVICES: frozenset[str] = frozenset({
     "grpc.reflection.v1alpha.ServerReflection",
 })
 
+#: Services whose calls use their own small budget of slots (never starved by data calls).
+HEALTH_SERVICES: frozenset[str] = frozenset({"grpc.health.v1.Health"})
+
 #: Services still answered while the server drains (API.md: health says NOT_SERVING then).
 SERVED_WHILE_DRAINING: frozenset[str] = frozenset({"grpc.health.v1.Health"})
 
@@ -220,6 +223,11 @@ class CallDispatcher:
         public_services: service names all of whose methods are served without it.
         serve_while_draining: services still answered while draining (health, which then
             reports ``NOT_SERVING``); every other call gets UNAVAILABLE.
+        max_calls_per_connection: data calls one connection may run at once (its fair share
+            of ``max_concurrent_calls``); ``None``: no per-connection bound.
+        health_call_slots: health calls running at once; they do not count against
+            ``max_concurrent_calls``, so data calls never starve health checks.
+        health_services: the services ``health_call_slots`` applies to.
     """
 
     services: Mapping[str, purerpc.Service] = attrs.field(
@@ -238,8 +246,14 @@ class CallDispatcher:
     serve_while_draining: frozenset[str] = attrs.field(
         default=SERVED_WHILE_DRAINING, converter=frozenset, kw_only=True
     )
+    max_calls_per_connection: int | None = attrs.field(default=None, kw_only=True)
+    health_call_slots: int = attrs.field(default=16, kw_only=True)
+    health_services: frozenset[str] = attrs.field(
+        default=HEALTH_SERVICES, converter=frozenset, kw_only=True
+    )
     draining: bool = attrs.field(default=False, init=False)
     active: int = attrs.field(default=0, init=False)
+    health_active: int = attrs.field(default=0, init=False)
     served: int = attrs.field(default=0, init=False)
     refused: int = attrs.field(default=0, init=False)
     _live: set[CallControl] = attrs.field(factory=set, init=False)
@@ -300,7 +314,7 @@ class CallDispatcher:
             if status is None:
                 status = self._authenticate(context)
             if status is None:
-                status = self._admit()
+                status = self._admit(socket, context)
             if status is None:
                 status = await self._invoke(bound, socket, stream, control, context)
         finally:
@@ -343,12 +357,29 @@ class CallDispatcher:
             )
         return None
 
-    def _admit(self) -> Status | None:
-        if self.active >= self.max_concurrent_calls:
+    def _admit(self, socket: EdgeSocket, context: CallContext) -> Status | None:
+        """A slot for the call, or the RESOURCE_EXHAUSTED status saying which limit is full:
+        health calls have their own slots; a data call needs one of the server's and one of
+        its connection's share."""
+        if context.service_name in self.health_services:
+            if self.health_active >= self.health_call_slots:
+                self.refused += 1
+                return Status(StatusCode.RESOURCE_EXHAUSTED,
+                              f"too many health calls at once (limit {self.health_call_slots})")
+            return None
+        if self.active - self.health_active >= self.max_concurrent_calls:
             self.refused += 1
             return Status(
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"too many concurrent calls (limit {self.max_concurrent_calls}); retry later",
+            )
+        share = self.max_calls_per_connection
+        if share is not None and socket.active_calls >= share:
+            self.refused += 1
+            return Status(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"this connection already holds {socket.active_calls} calls, its share of the "
+                f"server's {self.max_concurrent_calls}; retry later or use another connection",
             )
         return None
 
@@ -356,6 +387,11 @@ class CallDispatcher:
         self, bound, socket: EdgeSocket, stream: EdgeStream, control: CallControl,
         context: CallContext,
     ):
+        health = context.service_name in self.health_services
+        if health:
+            self.health_active += 1
+        else:
+            socket.active_calls += 1
         self.active += 1
         self.served += 1
         if self.active == 1:
@@ -365,6 +401,11 @@ class CallDispatcher:
             handler = functools.partial(bound.method_fn, request=context)
             stream.expect_message_type(bound.signature.request_type)
             stream.request_decoder = getattr(bound.method_fn, "request_decoder", None)
+            stream.stall_timeout = socket.stall_timeout
+            stream.receive_stall_timeout = (
+                math.inf if getattr(bound.method_fn, "bounds_own_idle_time", False)
+                else socket.stall_timeout
+            )
             runner = _RUNNERS[bound.signature.cardinality]
             if trio.current_time() >= context.deadline:
                 return _expired(context)  # already past it: do not start work nobody waits for
@@ -390,6 +431,10 @@ class CallDispatcher:
                 )
         finally:
             self._live.discard(control)
+            if health:
+                self.health_active -= 1
+            else:
+                socket.active_calls -= 1
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
@@ -408,7 +453,14 @@ class CallDispatcher:
                 if status is None:
                     status = Status(StatusCode.INTERNAL, "call ended without a status")
                 try:
-                    await stream.close(status)
+                    try:
+                        await stream.close(status)
+                    except ValueError as exc:
+                        # The handler's trailing metadata cannot go on the wire (the stream
+                        # dropped it): the call is INTERNAL, sent without it.
+                        await stream.close(status_for_exception(
+                            exc, mapper=self.mapper, dev_mode=self.dev_mode,
+                            where=stream.context.method if stream.context else ""))
                 except Exception as exc:  # the stream died under us (peer reset, h2 state)
                     log.debug("could not send status on stream %d: %s", sid, exc)
                     connection.reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import os
 import socket as stdlib_socket
 import ssl
 from collections.abc import Callable, Iterable
@@ -40,6 +42,8 @@ from purerpc.grpclib.exceptions import GRPCError
 
 from ._calls import CallContext, CallDispatcher
 from ._compression import SUPPORTED_ENCODINGS
+from ._conn_limits import ConnectionLimits, ConnectionTimers, Due, RefusalReport
+from ._floods import FloodLimits
 from ._health import HealthServicer, HealthState
 from ._reflection import default_reflection_servicers
 from ._status import DEFAULT_STATUS_TABLE, StatusMapper
@@ -123,6 +127,11 @@ def _at_least(minimum: int):
     return check
 
 
+def _positive_seconds(instance, attribute, value) -> None:
+    if not value > 0:  # also refuses NaN; math.inf is allowed (the timer is off)
+        raise ValueError(f"{attribute.name} must be > 0 seconds, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class EdgeConfig:
     """How the edge listens and what it allows.
@@ -144,9 +153,43 @@ class EdgeConfig:
             messages received on one connection and not yet taken by their handlers never exceed
             it (each stream's own window is ``2 x max_request_message_bytes``).
         max_outbound_buffer_bytes: response bytes one connection may queue for its socket
-            before handlers sending on it wait (backpressure towards a slow reader).
+            before handlers sending on it wait (backpressure towards a slow reader); replies
+            to its control frames may add 1 MiB more, past which the connection ends with
+            GOAWAY(ENHANCE_YOUR_CALM) (a peer that asks and does not read).
+        max_header_list_bytes: SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced (a
+            header block decoding past it, or whose HEADERS + CONTINUATION frames pass 4 x it,
+            ends the connection with ENHANCE_YOUR_CALM). Frames are at most 16 KiB
+            (SETTINGS_MAX_FRAME_SIZE; bigger ones are FRAME_SIZE_ERROR).
+        stream_reset_rate: live streams a connection may have reset (by its RST_STREAM or by a
+            stream error it caused) per second, in bursts of 10 x that; past it, GOAWAY
+            (ENHANCE_YOUR_CALM): Rapid Reset (CVE-2023-44487).
+        control_frame_rate: PING/SETTINGS, PRIORITY and empty DATA frames a connection may send
+            per second, each kind in bursts of 10 x that; past it, GOAWAY(ENHANCE_YOUR_CALM).
+            WINDOW_UPDATEs are bounded by the data sent instead (see ``_floods``).
+        connection_call_share: the share of ``max_concurrent_calls`` one connection may hold;
+            its calls past it get RESOURCE_EXHAUSTED.
+        health_call_slots: health calls running at once, apart from (never starved by) the
+            data calls' ``max_concurrent_calls``.
+        stream_stall_timeout: seconds a call may wait for its peer without progress (no flow
+            control window to send into, no request data arriving, no room in the
+            connection's send buffer) before it ends: DEADLINE_EXCEEDED, or RST_STREAM
+            (CANCEL) in the middle of a message.
         drain_grace: seconds running calls get to finish when draining.
         handshake_timeout: seconds a TLS handshake may take.
+        preface_timeout: seconds a connection has (after any TLS handshake) to send the whole
+            HTTP/2 client preface and its first SETTINGS frame; past it the connection is
+            closed, without GOAWAY (logged at INFO).
+        idle_timeout: seconds a connection may stay without open calls; past it the server
+            sends GOAWAY(NO_ERROR) and closes it (grpc-go's ``MaxConnectionIdle``; INFO).
+        keepalive_interval: seconds without any received byte after which the server sends a
+            PING (grpc-go's keepalive ``Time``).
+        keepalive_timeout: seconds after that PING for anything (its ACK or any frame) to
+            arrive; otherwise the peer is taken for dead: GOAWAY best-effort, then close
+            (WARNING). ``math.inf`` disables any of these four timers.
+        max_connections: connections open at once; a connection accepted past it is closed at
+            once, before anything is read from it (plaintext: after a GOAWAY
+            (ENHANCE_YOUR_CALM) written without waiting). Logged at WARNING once per burst
+            (at most every 10 s, with the count).
         dev_mode: INTERNAL statuses carry exception text and traceback (never in production).
     """
 
@@ -162,8 +205,21 @@ class EdgeConfig:
     max_concurrent_streams: int = attrs.field(default=1000, validator=[_at_least(1)])
     connection_window_bytes: int = attrs.field(default=32 << 20, validator=[_at_least(1 << 16)])
     max_outbound_buffer_bytes: int = attrs.field(default=4 << 20, validator=[_at_least(1 << 16)])
+    max_header_list_bytes: int = attrs.field(default=16 << 10, validator=[_at_least(4096)])
+    stream_reset_rate: float = attrs.field(default=200.0, validator=[_at_least(1)])
+    control_frame_rate: float = attrs.field(default=100.0, validator=[_at_least(1)])
+    connection_call_share: float = attrs.field(
+        default=0.5, validator=[attrs.validators.gt(0), attrs.validators.le(1)]
+    )
+    health_call_slots: int = attrs.field(default=16, validator=[_at_least(1)])
+    stream_stall_timeout: float = attrs.field(default=60.0, validator=[attrs.validators.gt(0)])
     drain_grace: float = 10.0
     handshake_timeout: float = 10.0
+    preface_timeout: float = attrs.field(default=10.0, validator=[_positive_seconds])
+    idle_timeout: float = attrs.field(default=300.0, validator=[_positive_seconds])
+    keepalive_interval: float = attrs.field(default=60.0, validator=[_positive_seconds])
+    keepalive_timeout: float = attrs.field(default=20.0, validator=[_positive_seconds])
+    max_connections: int = attrs.field(default=1024, validator=[_at_least(1)])
     dev_mode: bool = False
 
 
@@ -182,6 +238,8 @@ class EdgeStats:
     peak_unacknowledged_bytes: int = 0
     #: Response bytes queued for (or being written to) the sockets of open connections.
     outbound_bytes: int = 0
+    #: Connections closed at accept because ``max_connections`` were open (since start).
+    connections_refused: int = 0
 
 
 class EdgeServer:
@@ -227,9 +285,15 @@ class EdgeServer:
             dev_mode=self.config.dev_mode,
         )
         self._dispatcher.authenticate = authenticate
+        self._dispatcher.max_calls_per_connection = max(
+            1, math.ceil(self.config.connection_call_share * self.config.max_concurrent_calls)
+        )
+        self._dispatcher.health_call_slots = self.config.health_call_slots
         if ssl_context is None and self.config.tls is not None:
             ssl_context = self.config.tls.server_context()
         self._ssl_context = ssl_context
+        self._flood_limits = FloodLimits(reset_rate=self.config.stream_reset_rate,
+                                         control_rate=self.config.control_frame_rate)
         self._purerpc_config = GRPCConfiguration(
             client_side=False,
             message_accept_encoding=list(SUPPORTED_ENCODINGS),
@@ -244,6 +308,15 @@ class EdgeServer:
         self._stop_connections = trio.Event()
         self._stopped = trio.Event()
         self._conn_nursery: trio.Nursery | None = None
+        #: Connections accepted and not yet finished (counted at accept, for max_connections).
+        self._open_connections = 0
+        self._refusals = RefusalReport()
+        self._connection_limits = ConnectionLimits(
+            preface_timeout=self.config.preface_timeout,
+            idle_timeout=self.config.idle_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_timeout=self.config.keepalive_timeout,
+        )
         self.port: int | None = None
         self.address: tuple | None = None
 
@@ -262,6 +335,7 @@ class EdgeServer:
                 (c.peak_unacknowledged_bytes for c in self._connections), default=0
             ),
             outbound_bytes=sum(c.outbound_bytes for c in self._connections),
+            connections_refused=self._refusals.total,
         )
 
     @property
@@ -378,7 +452,34 @@ class EdgeServer:
                 raise
             except trio.ClosedResourceError:
                 return
+            if self._open_connections >= self.config.max_connections:
+                self._refuse_connection(stream)
+                continue
+            self._open_connections += 1
             nursery_for_connections.start_soon(self._serve_connection, stream)
+
+    def _refuse_connection(self, tcp_stream: trio.SocketStream) -> None:
+        """Close a connection past ``max_connections`` at once, without reading from it; on
+        plaintext write the server preface and GOAWAY(ENHANCE_YOUR_CALM) first if the socket
+        takes them without waiting."""
+        sock = tcp_stream.socket
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        if self._ssl_context is None:
+            try:
+                os.write(sock.fileno(), _REFUSAL_FRAMES)
+            except OSError:
+                pass
+        sock.close()
+        count = self._refusals.refused(trio.current_time())
+        if count is not None:
+            log.warning(
+                "max_connections (%d) open: refused %d connection(s), the latest from %s "
+                "(reported at most every %.0f s)",
+                self.config.max_connections, count, peer, self._refusals.interval,
+            )
 
     async def _serve_connection(self, tcp_stream: trio.SocketStream) -> None:
         connection = _Connection(self, tcp_stream)
@@ -388,6 +489,7 @@ class EdgeServer:
         try:
             await connection.run()
         finally:
+            self._open_connections -= 1
             self._connections.discard(connection)
             if not self._connections:
                 self._connections_idle.set()
@@ -396,17 +498,36 @@ class EdgeServer:
 #: Seconds a closing connection may take to write what is queued for it (its GOAWAY).
 _GOAWAY_FLUSH_TIMEOUT = 1.0
 
+#: What a connection refused past ``max_connections`` gets: an empty server SETTINGS frame and
+#: GOAWAY(last stream 0, ENHANCE_YOUR_CALM, "too many connections").
+_REFUSAL_DEBUG = b"too many connections"
+_REFUSAL_FRAMES = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    + (8 + len(_REFUSAL_DEBUG)).to_bytes(3, "big") + b"\x07\x00\x00\x00\x00\x00"
+    + (0).to_bytes(4, "big") + (0xB).to_bytes(4, "big") + _REFUSAL_DEBUG
+)
+
+#: The opaque data of the server's keepalive PINGs.
+_KEEPALIVE_PING = b"anvil-ka"
+
 
 class _Connection:
     """One accepted TCP connection: TLS handshake, then calls until EOF or drain."""
 
     #: The GOAWAY error code this connection was closed with for a connection error.
     goaway_code = None
+    #: The connection limit (a ``Due`` close) that closed this connection, if one did.
+    closed_for = None
 
     def __init__(self, server: EdgeServer, tcp_stream: trio.SocketStream) -> None:
         self._server = server
         self._tcp = tcp_stream
         self._grpc_socket: EdgeSocket | None = None
+        self._timers: ConnectionTimers | None = None
+        self._timers_changed = trio.Event()
+        # Bounds the HTTP/2 phase once a limit closes the connection: a writer stuck on a peer
+        # that does not read must not keep it open.
+        self._close_scope = trio.CancelScope()
         try:
             self._peer = tcp_stream.socket.getpeername()
         except OSError:
@@ -447,8 +568,14 @@ class _Connection:
                               stream.selected_alpn_protocol())
                     return
                 certificate = stream.getpeercert() or None
-            adapter = TrioStreamAdapter(stream, self._tcp.socket)
-            await self._serve_calls(adapter, certificate)
+            timers = self._timers = ConnectionTimers(server._connection_limits,
+                                                     trio.current_time())
+            adapter = TrioStreamAdapter(
+                stream, self._tcp.socket,
+                on_receive=lambda data: timers.received(trio.current_time(), data),
+            )
+            with self._close_scope:
+                await self._serve_calls(adapter, certificate)
         except trio.TooSlowError:
             log.debug("TLS handshake with %s timed out", self._peer)
         except Exception as exc:
@@ -469,13 +596,18 @@ class _Connection:
             max_concurrent_streams=server.config.max_concurrent_streams,
             connection_window=server.config.connection_window_bytes,
             max_outbound_buffer=server.config.max_outbound_buffer_bytes,
+            max_header_list_bytes=server.config.max_header_list_bytes,
+            flood_limits=server._flood_limits,
         )
+        grpc_socket.stall_timeout = server.config.stream_stall_timeout
         self._grpc_socket = grpc_socket
         async with grpc_socket:
             async with trio.open_nursery() as calls:
                 calls.start_soon(self._goaway_on_stop, grpc_socket, calls.cancel_scope)
+                calls.start_soon(self._enforce_limits, grpc_socket, calls.cancel_scope)
                 try:
                     async for call_stream in grpc_socket.listen():
+                        self._timers.call_started()
                         calls.start_soon(self._run_call, grpc_socket, call_stream, certificate)
                 except h2.exceptions.ProtocolError as exc:
                     # A connection error: h2 has queued GOAWAY with its code. Say why, end
@@ -491,9 +623,54 @@ class _Connection:
                 await grpc_socket.drain_outbound()
 
     async def _run_call(self, grpc_socket: EdgeSocket, call_stream, certificate) -> None:
-        await self._server._dispatcher.run(
-            grpc_socket, call_stream, peer=self._peer, peer_certificate=certificate
-        )
+        try:
+            await self._server._dispatcher.run(
+                grpc_socket, call_stream, peer=self._peer, peer_certificate=certificate
+            )
+        finally:
+            self._timers.call_ended(trio.current_time())
+            if not self._timers.open_calls:
+                self._timers_changed.set()  # the idle deadline starts now
+
+    async def _enforce_limits(self, grpc_socket: EdgeSocket, calls_scope: trio.CancelScope) -> None:
+        """Drive this connection's :class:`ConnectionTimers`: send the keepalive PINGs, and
+        close the connection when its preface, idle or keepalive deadline passes."""
+        timers = self._timers
+        while True:
+            changed = self._timers_changed = trio.Event()
+            now = trio.current_time()
+            due, deadline = timers.poll(now)
+            if due is Due.NOTHING:
+                # Received bytes only move deadlines later: waking at the old one is enough.
+                with trio.move_on_at(deadline):
+                    await changed.wait()
+            elif due is Due.PING:
+                try:
+                    grpc_socket.connection.h2_connection.ping(_KEEPALIVE_PING)
+                except h2.exceptions.ProtocolError:
+                    pass  # a GOAWAY went either way: no PING, but the peer must still speak
+                timers.ping_sent(now)
+                await grpc_socket.flush()
+            else:
+                break
+        self.closed_for = due
+        limits = timers.limits
+        if due is Due.CLOSE_PREFACE:
+            log.info("closing connection from %s: no complete HTTP/2 preface within %.1f s",
+                     self._peer, limits.preface_timeout)
+            self._close_scope.cancel()
+            return
+        if due is Due.CLOSE_IDLE:
+            log.info("closing connection from %s: no calls for %.1f s (GOAWAY NO_ERROR)",
+                     self._peer, limits.idle_timeout)
+        else:
+            log.warning("closing connection from %s: nothing received within %.1f s of a "
+                        "keepalive PING (GOAWAY NO_ERROR, best-effort)",
+                        self._peer, limits.keepalive_timeout)
+        grpc_socket.goaway()
+        await grpc_socket.flush()
+        self._close_scope.deadline = trio.current_time() + 2 * _GOAWAY_FLUSH_TIMEOUT
+        calls_scope.cancel()
 
     async def _goaway_on_stop(self, grpc_socket: EdgeSocket, calls_scope: trio.CancelScope) -> None:
         await self._server._stop_connections.wait()

@@ -13,7 +13,10 @@ Invariants:
 
 * :class:`FrameReader` yields exactly the frames h2's ``FrameBuffer`` would, with the same
   errors (bad preamble, bad header, overlong frame, header-block rules), from any split of
-  the same bytes. Its buffer is only resized while no ``memoryview`` of it is alive.
+  the same bytes -- except that it refuses an overlong frame as soon as its 9-byte header
+  arrives (h2 first buffers the whole announced body) and a header block whose HEADERS and
+  CONTINUATION payloads together pass ``max_header_block`` bytes (ENHANCE_YOUR_CALM), so a
+  connection never holds more than one read, one frame and one bounded header block. Its buffer is only resized while no ``memoryview`` of it is alive.
 * :class:`MessageAssembler` yields exactly the messages purerpc's ``MessageReadBuffer`` would,
   and the flow-controlled lengths it reports add up to the flow-controlled bytes received,
   less those of a message still incomplete (padding counts toward the next message finished).
@@ -31,10 +34,10 @@ from __future__ import annotations
 import collections
 import struct
 
-from h2.exceptions import FrameDataMissingError, ProtocolError
+from h2.exceptions import DenialOfServiceError, FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidFrameError
-from hyperframe.frame import DataFrame
+from hyperframe.frame import DataFrame, HeadersFrame
 from purerpc.grpclib.exceptions import MessageTooLargeError
 
 from ._compression import Inflater
@@ -54,9 +57,25 @@ class FrameReader(FrameBuffer):
         server: expect the client connection preface first.
     """
 
-    def __init__(self, server: bool = True) -> None:
+    def __init__(self, server: bool = True, *, max_header_block: int = 1 << 16) -> None:
         super().__init__(server=server)
         self._buffer = bytearray()
+        self.max_header_block = max_header_block
+        self._header_block = 0
+
+    def _update_header_buffer(self, frame):
+        # One header block (HEADERS and its CONTINUATIONs) may not grow past max_header_block
+        # encoded bytes: a peer cannot make the connection hold an endless header block.
+        if self._headers_buffer or (isinstance(frame, HeadersFrame)
+                                    and "END_HEADERS" not in frame.flags):
+            if not self._headers_buffer:
+                self._header_block = 0
+            self._header_block += len(getattr(frame, "data", b""))
+            if self._header_block > self.max_header_block:
+                raise DenialOfServiceError(
+                    f"header block over {self.max_header_block} bytes across CONTINUATION "
+                    f"frames")
+        return super()._update_header_buffer(frame)
 
     def add_data(self, data: bytes) -> None:
         if self._preamble_len:
@@ -73,10 +92,12 @@ class FrameReader(FrameBuffer):
                 frame, length = self._parse_frame_header(bytes(buffer[:_FRAME_HEADER]))
             except InvalidFrameError:  # pragma: no cover - h2 treats it the same way
                 raise ProtocolError("Received frame with invalid frame header.") from None
+            # Checked before the body is waited for: a peer announcing an overlong frame is
+            # refused at once, never buffered up to the size it announced.
+            self._validate_frame_length(length)
             end = _FRAME_HEADER + length
             if len(buffer) < end:
                 raise StopIteration()
-            self._validate_frame_length(length)
             if frame is not None:
                 invalid = False
                 view = memoryview(buffer)

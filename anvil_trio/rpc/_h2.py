@@ -17,6 +17,9 @@ the four send points that end a stream:
   (its failures are connection errors).
 * ``send_headers``, ``send_data``, ``end_stream``, ``reset_stream``: tell the gate when the
   server ended or reset a stream.
+* Frames that cost work but move no call forward (early resets, PING/SETTINGS, PRIORITY, empty
+  DATA, WINDOW_UPDATE) are charged to the connection's :class:`~._floods.FloodGuard`; past a
+  budget the connection ends with GOAWAY(ENHANCE_YOUR_CALM).
 
 Invariants:
 
@@ -40,11 +43,14 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import (
     DataFrame,
     HeadersFrame,
+    PingFrame,
     PriorityFrame,
     RstStreamFrame,
+    SettingsFrame,
     WindowUpdateFrame,
 )
 
+from ._floods import FloodGuard, FloodLimits
 from ._gate import PASS, Action, Decision, StreamGate
 
 __all__ = ["EdgeH2Connection", "EdgeProtocolError", "request_header_problem"]
@@ -161,10 +167,12 @@ class EdgeH2Connection(h2.connection.H2Connection):
         max_concurrent_streams: streams past this many live ones are refused.
     """
 
-    def __init__(self, config: h2.config.H2Configuration, *, max_concurrent_streams: int) -> None:
+    def __init__(self, config: h2.config.H2Configuration, *, max_concurrent_streams: int,
+                 flood_limits: FloodLimits | None = None) -> None:
         super().__init__(config=config)
         self.config.validate_inbound_headers = False
         self.gate = StreamGate(max_concurrent_streams)
+        self.floods = FloodGuard(flood_limits)
         #: Called with the flow-controlled length of every DATA frame the gate dropped, after
         #: it was counted against the connection window (the caller credits it back).
         self.on_discarded_data = lambda length: None
@@ -175,28 +183,49 @@ class EdgeH2Connection(h2.connection.H2Connection):
 
     def _receive_frame(self, frame):
         sid = frame.stream_id
+        kind = type(frame)
+        floods = self.floods
         if not sid:
+            if kind is PingFrame or kind is SettingsFrame:
+                if "ACK" not in frame.flags:
+                    self._calm(floods.control_frame())
+            elif kind is WindowUpdateFrame:
+                self._calm(floods.window_update())
             return super()._receive_frame(frame)
         gate = self.gate
-        kind = type(frame)
         if kind is DataFrame:
-            decision = gate.receive_data(sid, "END_STREAM" in frame.flags)
+            end_stream = "END_STREAM" in frame.flags
+            if not end_stream and not frame.data:
+                self._calm(floods.empty_data_frame())
+            decision = gate.receive_data(sid, end_stream)
         elif kind is HeadersFrame:
             decision = gate.receive_headers(
                 sid, "END_STREAM" in frame.flags,
                 frame.depends_on if "PRIORITY" in frame.flags else None,
             )
+            if decision is PASS:
+                floods.stream_opened()
         elif kind is WindowUpdateFrame:
+            self._calm(floods.window_update())
             decision = gate.receive_window_update(sid, frame.window_increment)
         elif kind is RstStreamFrame:
             decision = gate.receive_reset(sid)
+            if decision is PASS:  # a live stream reset by the client: Rapid Reset's unit
+                self._calm(floods.early_reset())
         elif kind is PriorityFrame:
+            self._calm(floods.priority_frame())
             decision = gate.receive_priority(sid, frame.depends_on)
         else:
             return super()._receive_frame(frame)  # PUSH_PROMISE, extensions: h2 decides
         if decision is PASS:
             return self._pass(frame)
         return self._carry_out(frame, decision)
+
+    @staticmethod
+    def _calm(exceeded: str | None) -> None:
+        """End the connection with ENHANCE_YOUR_CALM once a flood budget is exceeded."""
+        if exceeded is not None:
+            raise EdgeProtocolError(ErrorCodes.ENHANCE_YOUR_CALM, exceeded)
 
     def _pass(self, frame):
         sid = frame.stream_id
@@ -229,6 +258,8 @@ class EdgeH2Connection(h2.connection.H2Connection):
             raise EdgeProtocolError(decision.code, decision.reason)
         self.stream_errors += 1
         log.debug("stream error on stream %d: %s (%s)", sid, decision.reason, decision.code.name)
+        if action is Action.RESET or action is Action.REFUSE:  # streams the client had reset
+            self._calm(self.floods.early_reset())
         return self._stream_error(sid, decision.code, live=decision.live)
 
     def _stream_error(self, sid: int, code: ErrorCodes, *, live: bool) -> list:
@@ -265,6 +296,7 @@ class EdgeH2Connection(h2.connection.H2Connection):
         if problem is not None:
             self.stream_errors += 1
             log.debug("malformed request headers on stream %d: %s", sid, problem)
+            self._calm(self.floods.early_reset())
             return [], self._stream_error(sid, ErrorCodes.PROTOCOL_ERROR, live=trailers)
         decoder, self.decoder = self.decoder, _Decoded(headers)
         try:
@@ -286,6 +318,7 @@ class EdgeH2Connection(h2.connection.H2Connection):
 
     def send_data(self, stream_id, data, end_stream=False, pad_length=None):
         super().send_data(stream_id, data, end_stream, pad_length)
+        self.floods.data_frames_sent()
         if end_stream:
             self.gate.local_end(stream_id)
 

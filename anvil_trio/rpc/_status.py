@@ -32,6 +32,7 @@ from ..auth._errors import (
     InvalidResourceError,
     InvalidScopeError,
     PermissionDeniedError,
+    TooManyAttemptsError,
     UnauthenticatedError,
 )
 from ..storage._errors import (
@@ -47,6 +48,7 @@ from ..storage._errors import (
     StorageIOError,
     StorageUnavailableError,
 )
+from ._wire import StreamStalledError
 
 __all__ = [
     "DEFAULT_STATUS_TABLE",
@@ -127,6 +129,7 @@ DEFAULT_STATUS_TABLE = StatusTable(
     {
         UnauthenticatedError: StatusCode.UNAUTHENTICATED,
         PermissionDeniedError: StatusCode.PERMISSION_DENIED,
+        TooManyAttemptsError: StatusCode.RESOURCE_EXHAUSTED,
         InvalidScopeError: StatusCode.INVALID_ARGUMENT,
         InvalidResourceError: StatusCode.INVALID_ARGUMENT,
         NotFoundError: StatusCode.NOT_FOUND,
@@ -149,6 +152,8 @@ DEFAULT_STATUS_TABLE = StatusTable(
         # A generated servicer method left as it was generated (it raises this), as other
         # gRPC servers answer it.
         NotImplementedError: StatusCode.UNIMPLEMENTED,
+        # The peer let the call wait past stream_stall_timeout (no window, no data, no reads).
+        StreamStalledError: StatusCode.DEADLINE_EXCEEDED,
     },
     {
         DecodeError: "request message does not decode as the method's request type",

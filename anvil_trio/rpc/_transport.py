@@ -11,6 +11,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import anyio.abc
 import trio
@@ -32,6 +34,10 @@ class EdgeSocketWriter(SocketWrapper):
     def outbound_bytes(self) -> int:
         """Bytes waiting in the send buffer plus those the writer is sending now."""
         return self._in_flight + self._grpc_connection.outbound_buffered()
+
+    def has_room(self) -> bool:
+        """Whether a sender may queue more now (or the writer has stopped)."""
+        return not self._running or self.outbound_bytes() < self._max_outbound
 
     async def wait_for_room(self) -> None:
         """Wait until fewer than ``max_outbound`` bytes wait to be written."""
@@ -77,11 +83,15 @@ class TrioStreamAdapter:
     Args:
         stream: a ``trio.SocketStream`` or a ``trio.SSLStream`` over one.
         raw_socket: the underlying trio socket (for purerpc's keep-alive options).
+        on_receive: called with every chunk of received bytes, before purerpc sees it (the
+            edge's liveness and preface tracking); ``None``: nothing is told.
     """
 
-    def __init__(self, stream: trio.abc.Stream, raw_socket) -> None:
+    def __init__(self, stream: trio.abc.Stream, raw_socket, *,
+                 on_receive: Callable[[bytes], None] | None = None) -> None:
         self._stream = stream
         self._raw_socket = raw_socket
+        self._on_receive = on_receive
 
     def extra(self, attribute, default=None):
         if attribute is anyio.abc.SocketAttribute.raw_socket:
@@ -103,6 +113,8 @@ class TrioStreamAdapter:
             raise anyio.BrokenResourceError from exc
         if not data:
             raise anyio.EndOfStream
+        if self._on_receive is not None:
+            self._on_receive(data)
         return data
 
     async def aclose(self) -> None:

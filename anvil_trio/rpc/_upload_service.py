@@ -410,6 +410,10 @@ class UploadService(UploadServiceServicer):
             me.done.set()
             slots.release_on_behalf_of(holder)
 
+    # Every wait for a message is bounded by ``idle_timeout`` (upload_idle_timeout), which
+    # answers DEADLINE_EXCEEDED as API.md says; the edge's stall timer leaves those waits alone.
+    Upload.bounds_own_idle_time = True
+
     async def _take_over(self, key: tuple[str, str], me: "_Writer") -> None:
         """Make ``me`` the only stream writing upload ``key``: a stream still writing it (its
         client dropped the connection and resumed before the server noticed) is ended with

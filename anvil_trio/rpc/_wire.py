@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from typing import Any
 
 import anyio
@@ -76,6 +77,7 @@ from ._compression import (
     unsupported_encoding_message,
 )
 from ._frames import FrameReader, MessageAssembler
+from ._floods import FloodLimits
 from ._h2 import EdgeH2Connection, EdgeProtocolError
 from ._headers import (
     ResponseHeaderEncoder,
@@ -91,6 +93,7 @@ __all__ = [
     "EdgeConnection",
     "EdgeSocket",
     "EdgeStream",
+    "StreamStalledError",
 ]
 
 log = logging.getLogger("anvil_trio.rpc")
@@ -124,6 +127,11 @@ class CallControl:
         elif self.abort_status is None:
             self.abort_status = status
         self.cancel_scope.cancel()
+
+
+class StreamStalledError(Exception):
+    """A call waited for its peer past ``stream_stall_timeout`` without progress: no window to
+    send into, no room in the connection's send buffer, or no request data."""
 
 
 class _EdgeMessage(MessageReceived):
@@ -163,21 +171,36 @@ class EdgeConnection(GRPCConnection):
         connection_window: the connection-level receive window in bytes.
     """
 
+    #: SETTINGS_MAX_FRAME_SIZE advertised and enforced: HTTP/2's minimum, so a connection
+    #: never buffers more than 16 KiB of one frame (a bigger one is FRAME_SIZE_ERROR).
+    MAX_INBOUND_FRAME_SIZE = 1 << 14
+
     def __init__(
         self, config: GRPCConfiguration, *, max_concurrent_streams: int,
-        connection_window: int = 32 << 20,
+        connection_window: int = 32 << 20, max_header_list_bytes: int = 16 << 10,
+        flood_limits: FloodLimits | None = None, outbound_limit: int = 5 << 20,
     ) -> None:
         self.MAX_CONCURRENT_STREAMS = max_concurrent_streams
+        self.MAX_HEADER_LIST_SIZE = max_header_list_bytes
         super().__init__(config)
         # The gate decides which frames h2 sees, and the edge checks request headers (_h2).
         self.h2_connection = EdgeH2Connection(
-            self.h2_connection.config, max_concurrent_streams=max_concurrent_streams
+            self.h2_connection.config, max_concurrent_streams=max_concurrent_streams,
+            flood_limits=flood_limits,
         )
         self.h2_connection.clear_outbound_data_buffer()
         self._set_h2_connection_local_settings()
+        # Enforced from the first header block (h2 applies it only once the peer ACKs).
+        self.h2_connection.decoder.max_header_list_size = max_header_list_bytes
         self.h2_connection.on_discarded_data = self._discarded_data
+        #: Bytes queued for the socket past which the peer counts as not reading what it asks
+        #: for (control-frame replies: data frames wait for room well below it).
+        self.outbound_limit = outbound_limit
         # Frames and messages are cut out of received bytes with fewer copies (see _frames).
-        self.h2_connection.incoming_buffer = FrameReader(server=not config.client_side)
+        # A header block may take 4 x the header list limit encoded (HPACK seldom grows it).
+        self.h2_connection.incoming_buffer = FrameReader(
+            server=not config.client_side, max_header_block=4 * max_header_list_bytes
+        )
         # Response header blocks are encoded once and reused (see _headers). The edge builds
         # every outgoing header itself and checks handlers' metadata (check_response_metadata),
         # so h2's per-block normalising and checking of outgoing headers is skipped.
@@ -307,7 +330,7 @@ class EdgeConnection(GRPCConnection):
         """
         self._drop_retired()
         try:
-            return super().receive_data(data)
+            events = super().receive_data(data)
         except h2.exceptions.ProtocolError:
             raise
         except Exception as exc:
@@ -318,6 +341,16 @@ class EdgeConnection(GRPCConnection):
                 pass
             raise EdgeProtocolError(h2.errors.ErrorCodes.INTERNAL_ERROR,
                                     f"internal error: {exc!r}") from exc
+        if self.outbound_buffered() > self.outbound_limit:
+            # Replies (PING/SETTINGS ACKs, resets) pile up: the peer asks and does not read.
+            code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+            try:
+                self.h2_connection.close_connection(code)
+            except h2.exceptions.ProtocolError:
+                pass
+            raise EdgeProtocolError(code, f"{self.outbound_buffered()} bytes of replies unread "
+                                          f"by the peer (limit {self.outbound_limit})")
+        return events
 
     def _discarded_data(self, length: int) -> None:
         """A DATA frame the gate dropped: its bytes go straight back to the connection window."""
@@ -485,10 +518,19 @@ class _Inbox:
         if self._lot:
             self._lot.unpark()
 
-    async def receive(self) -> Any:
+    async def receive(self, stall_timeout: float = math.inf) -> Any:
+        """The next item; waits at most ``stall_timeout`` seconds for one to arrive.
+
+        Raises:
+            StreamStalledError: nothing arrived within ``stall_timeout``.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._items:
-            await self._lot.park()
+        if not self._items:
+            with trio.move_on_after(stall_timeout):
+                while not self._items:
+                    await self._lot.park()
+            if not self._items:
+                raise StreamStalledError(f"no request data for {stall_timeout:g} s")
         return self._items.popleft()
 
     def receive_nowait(self) -> Any:
@@ -520,8 +562,27 @@ class EdgeStream(GRPCProtoStream):
         self._end_stream_event = None
 
     async def _wait_flow_control_update(self) -> None:
-        await self._flow_control_update_event.wait()
+        with trio.move_on_after(self.stall_timeout) as scope:
+            await self._flow_control_update_event.wait()
+        if scope.cancelled_caught:
+            raise StreamStalledError(
+                f"the client opened no flow-control window for {self.stall_timeout:g} s")
         self._flow_control_update_event = trio.Event()
+
+    async def _wait_for_room(self) -> None:
+        if self._socket.has_room():
+            return  # the usual case: no timer needed
+        with trio.move_on_after(self.stall_timeout) as scope:
+            await self._socket.wait_for_room()
+        if scope.cancelled_caught:
+            raise StreamStalledError(
+                f"the client read none of the connection's replies for {self.stall_timeout:g} s")
+
+    #: Seconds the call may wait for its peer without progress (``EdgeConfig``).
+    stall_timeout: float = math.inf
+    #: The same for waits for request messages (``math.inf`` for handlers that bound their own
+    #: idle time, marked ``bounds_own_idle_time``).
+    receive_stall_timeout: float = math.inf
 
     #: The handler's ``request`` object (a ``CallContext``); set by the call task.
     context: Any = None
@@ -553,7 +614,7 @@ class EdgeStream(GRPCProtoStream):
                        if self.context is not None and self.context.initial_metadata else ())
             await self.start_response(custom_metadata=initial)
         mode = self.context.compress_responses if self.context is not None else None
-        self.sending_partial = True
+        # sending_partial is set by _send/_send_wire once the message's first bytes are queued.
         if isinstance(message, PreFramed):
             if mode and self.response_encoding is not None:
                 await self._send(memoryview(message.wire)[MESSAGE_HEADER.size:], True)
@@ -575,12 +636,13 @@ class EdgeStream(GRPCProtoStream):
         connection: EdgeConnection = self._grpc_connection
         wire = memoryview(message.wire)
         while wire:
-            await self._socket.wait_for_room()
+            await self._wait_for_room()
             window = connection.flow_control_window(self._stream_id)
             if window <= 0:
                 await self._wait_flow_control_update()
                 continue
             connection.send_data(self._stream_id, wire[:window])
+            self.sending_partial = True
             wire = wire[window:]
             await self._socket.flush()
 
@@ -604,7 +666,7 @@ class EdgeStream(GRPCProtoStream):
         header = MESSAGE_HEADER.pack(packed is not None, len(message))
         body = memoryview(message)
         while header or body:
-            await self._socket.wait_for_room()
+            await self._wait_for_room()
             window = connection.flow_control_window(self._stream_id)
             if window <= 0:
                 await self._wait_flow_control_update()
@@ -617,10 +679,11 @@ class EdgeStream(GRPCProtoStream):
             else:
                 data, body = body[:window], body[window:]
             connection.send_data(self._stream_id, data)
+            self.sending_partial = True
             await self._socket.flush()
 
     async def _receive(self):
-        event = await self._incoming_events[1].receive()
+        event = await self._incoming_events[1].receive(self.receive_stall_timeout)
         if isinstance(event, MessageReceived):
             self._grpc_connection.message_consumed(event)
             await self._socket.flush()
@@ -673,20 +736,31 @@ class EdgeSocket(GRPCProtoSocket):
         stream: the byte stream (see :class:`~._transport.TrioStreamAdapter`).
         max_concurrent_streams: advertised SETTINGS_MAX_CONCURRENT_STREAMS.
         connection_window: the connection-level receive window in bytes.
-        max_outbound_buffer: bytes of frames that may wait for the socket before senders wait.
+        max_outbound_buffer: bytes of frames that may wait for the socket before senders wait;
+            replies to the peer's control frames may add 1 MiB to it before the connection
+            ends with ENHANCE_YOUR_CALM (the peer does not read).
+        max_header_list_bytes: SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced.
+        flood_limits: the connection's budgets for work-without-progress frames (``_floods``).
     """
 
     StreamClass = EdgeStream
 
+    #: Data calls running on this connection (the dispatcher's per-connection share).
+    active_calls: int = 0
+    #: Seconds a call may wait for the peer without progress (``EdgeConfig``).
+    stall_timeout: float = math.inf
+
     def __init__(
         self, config: GRPCConfiguration, stream, *, max_concurrent_streams: int,
         connection_window: int = 32 << 20, max_outbound_buffer: int = 4 << 20,
+        max_header_list_bytes: int = 16 << 10, flood_limits: FloodLimits | None = None,
     ) -> None:
         super().__init__(config, stream)
         # purerpc builds a plain GRPCConnection in __init__; swap in ours before anything runs.
         self._grpc_connection = EdgeConnection(
             config, max_concurrent_streams=max_concurrent_streams,
-            connection_window=connection_window,
+            connection_window=connection_window, max_header_list_bytes=max_header_list_bytes,
+            flood_limits=flood_limits, outbound_limit=max_outbound_buffer + (1 << 20),
         )
         self._socket = EdgeSocketWriter(
             self._grpc_connection, stream, max_outbound=max_outbound_buffer

@@ -12,6 +12,8 @@ Invariants of the layer:
   orphan uploads and unreferenced blob files, always deleting blobs through the metadata actor;
   its start-up pass runs before storage reports ready.
 * Everything is tenant-scoped: another tenant's buckets, objects and blobs do not exist.
+* A full disk never blocks deletes: writes are refused below a free-space floor, and a
+  ballast file is released when space runs out anyway (``_space``).
 
 Errors raised here all derive from :class:`StorageError`; the RPC layer maps them to status
 codes in one table.
@@ -58,6 +60,7 @@ from ._store import (
     UploadState,
 )
 from ._run import run_storage
+from ._space import SpaceStats
 from ._validation import (
     PageTokenCodec,
     format_blob_key,
@@ -97,6 +100,7 @@ __all__ = [
     "QuotaExceededError",
     "ReapReport",
     "ReaperActor",
+    "SpaceStats",
     "Storage",
     "StorageConfig",
     "StorageError",

@@ -92,7 +92,8 @@ class ObjectTooLargeError(StorageError):
 
 
 class StorageFullError(StorageError, OSError):
-    """The disk (or backing store) is full (ENOSPC); nothing was kept."""
+    """The disk (or backing store) is full (ENOSPC), or the write would take free space below
+    the configured floor (``min_free_bytes``, see ``_space``); nothing was kept."""
 
     retryable = True
 

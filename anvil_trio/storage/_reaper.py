@@ -2,7 +2,8 @@
 
 A pass removes, in this order: stale temp files (``tmp/*.part``), expired upload sessions
 (their rows, then their files), upload files that have no session row, and blob files that no
-metadata references. The reaper is a supervised actor (:class:`ReaperActor`, child
+metadata references; then it measures free space, which recreates the ballast once there is
+room again (or releases it on a nearly full disk; see ``_space``). The reaper is a supervised actor (:class:`ReaperActor`, child
 ``"reaper"`` of the storage supervisor, restarted on a crash like the metadata actor); passes
 are its messages, so two passes never overlap. A small driver task
 (:func:`supervise_with_reaper`) asks for a pass whenever the reaper's ``Schedule`` says so,
@@ -140,6 +141,7 @@ async def reap_once(
             reclaimed += 1
         else:
             kept += 1
+    await storage.check_space()
     return ReapReport(temp_files, expired, orphans, reclaimed, kept, startup)
 
 

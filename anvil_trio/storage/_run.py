@@ -9,6 +9,10 @@ Invariants:
 * The supervisor's children are the single metadata writer and the reaper; a crash loop of
   either escalates out of ``run_storage``.
 * :meth:`Storage.stop` returns only once ``run_storage`` has released the data dir.
+* Before the database is opened, the free space of the data dir is measured: on a full disk
+  the ballast is released (so SQLite can create its ``-wal`` and ``-shm`` files and the
+  server can start, to serve deletes); otherwise it is created if there is room
+  (``_space``); a disk too full for it only leaves it missing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ._lock import DataDirLock
 from ._metadata_actor import MetadataActor
 from ._queries import MetadataReader
 from ._reaper import REAPER_CHILD, ReaperActor, ReaperState, supervise_with_reaper
+from ._space import SpaceGuard
 from ._store import DB_NAME, Storage, StorageConfig
 
 __all__ = ["run_storage"]
@@ -77,6 +82,13 @@ async def _run_locked(
     task_status: trio.TaskStatus[Storage],
 ) -> None:
     data_dir = config.data_dir
+    await trio.to_thread.run_sync(lambda: data_dir.mkdir(parents=True, exist_ok=True))
+    # Space first: on a full disk this releases the ballast, without which SQLite could not
+    # even create its -wal and -shm files to open the database.
+    space = await SpaceGuard.open(
+        data_dir, ballast_bytes=config.ballast_bytes, min_free_bytes=config.min_free_bytes,
+        check_interval=config.space_check_interval, fsync=config.fsync,
+    )
     # Migrate once, here: a fatal schema problem is raised, not retried by the supervisor.
     secret = await trio.to_thread.run_sync(_prepare, data_dir, db_path)
     blobs = BlobStore(data_dir, fsync=config.fsync, direct_io=config.direct_io,
@@ -90,7 +102,7 @@ async def _run_locked(
     reader = MetadataReader(db_path, max_connections=config.read_connections)
     storage = Storage(
         config, metadata=supervisor.ref("metadata"), reader=reader, blobs=blobs,
-        token_secret=secret, clock=clock, supervisor=supervisor,
+        token_secret=secret, clock=clock, supervisor=supervisor, space=space,
     )
     try:
         schedule = reaper_schedule or Schedule.spaced(config.reaper_interval)

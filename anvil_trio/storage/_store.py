@@ -19,6 +19,11 @@ Invariants:
 * Timestamps and upload expiry use ``clock()`` (wall-clock seconds, injectable for tests).
 * A metadata actor that is down, restarting or stopped surfaces as
   :class:`StorageUnavailableError` (retryable), never as a hang.
+* Space (``_space``): every write that adds bytes is admitted by the :class:`SpaceGuard`
+  first (the floor; chunk by chunk for streamed content), and refused with
+  :class:`StorageFullError` below it. Deletes (bucket, object, blob, upload) are never
+  refused for space: when one hits a full disk, the ballast is released and it is retried
+  once. Any ENOSPC, from the blob files or from SQLite, releases the ballast.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from ._errors import (
     ObjectTooLargeError,
     QuotaExceededError,
     StorageError,
+    StorageFullError,
     StorageIOError,
     StorageUnavailableError,
 )
@@ -71,6 +77,7 @@ from ._queries import (
     UploadState,
 )
 from ._reaper import REAPER_CHILD, ReapNow, ReapReport
+from ._space import Reservation, SpaceGuard, SpaceStats, hit_enospc, watching
 
 __all__ = [
     "CompletedUpload",
@@ -105,6 +112,14 @@ class StorageConfig:
         reaper_interval: seconds between the end of one reaper pass and the next.
         temp_max_age: seconds after which a periodic pass treats a temp file as stale (the
             start-up pass treats them all as stale; see ``_reaper``).
+        ballast_bytes: size of ``data_dir/ballast``, released when the disk runs out so that
+            deletes still have room (``None``: ``min(16 MiB, 1% of the file system)``; 0: no
+            ballast). See ``_space``.
+        min_free_bytes: writes that add bytes are refused with StorageFullError below this
+            much effective free space (``None``: ``min(128 MiB, 2% of the file system)``;
+            0: no floor).
+        space_check_interval: seconds a free-space measurement is trusted (0: measure on
+            every check).
     """
 
     data_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
@@ -118,6 +133,9 @@ class StorageConfig:
     restart_period: float = 5.0
     reaper_interval: float = 60.0
     temp_max_age: float = 3600.0
+    ballast_bytes: int | None = None
+    min_free_bytes: int | None = None
+    space_check_interval: float = 1.0
 
 
 class _QuotaGuard:
@@ -139,6 +157,29 @@ class _QuotaGuard:
         return chunk
 
 
+class _SpaceCheck:
+    """Pass chunks through, each admitted by the :class:`SpaceGuard` (StorageFullError below
+    the floor) against one write's reservation before the blob writer sees it (bytes of a
+    declared size were admitted up front)."""
+
+    def __init__(
+        self, chunks: AsyncIterable[bytes], space: SpaceGuard, reservation: Reservation
+    ) -> None:
+        self._it = chunks.__aiter__()
+        self._space = space
+        self._reservation = reservation
+
+    def __aiter__(self) -> _SpaceCheck:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._it.__anext__()
+        excess = self._reservation.passed(len(chunk))
+        if excess:
+            await self._space.admit(excess, reservation=self._reservation)
+        return chunk
+
+
 class Storage:
     """Tenant-scoped object, blob and upload operations (see API.md for the semantics).
 
@@ -151,10 +192,11 @@ class Storage:
     def __init__(
         self, config: StorageConfig, *, metadata: ActorRef, reader: MetadataReader,
         blobs: BlobStore, token_secret: bytes, clock: Callable[[], float],
-        supervisor: Supervisor,
+        supervisor: Supervisor, space: SpaceGuard,
     ) -> None:
         self.config = config
         self.blobs = blobs
+        self.space = space
         self._meta = metadata
         self._reader = reader
         self._tokens = v.PageTokenCodec(token_secret)
@@ -170,6 +212,24 @@ class Storage:
         except (ActorUnavailableError, ActorStoppedError, AskTimeoutError) as exc:
             raise StorageUnavailableError("metadata is unavailable; retry shortly") from exc
 
+    async def _delete(self, message: Any) -> Any:
+        """A write that frees space: never refused for space. Measures first (which releases
+        the ballast on a nearly full disk); if the disk is full anyway, releases the ballast
+        and tries once more."""
+        try:
+            await self.space.refresh()
+        except StorageError:
+            pass  # measuring is best effort here: the delete itself decides
+        try:
+            result = await self._write(message)
+        except StorageFullError as exc:
+            if not hit_enospc(exc):
+                raise
+            await self.space.on_full(exc)
+            result = await self._write(message)
+        self.space.invalidate()
+        return result
+
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._reader.run(fn, *args)
 
@@ -183,6 +243,20 @@ class Storage:
     def statistics(self) -> SupervisorStats:
         """The storage supervisor's statistics (restarts, mailbox depth, state)."""
         return self._supervisor.statistics()
+
+    def space_statistics(self) -> SpaceStats:
+        """Free space, the floor and the ballast, as of the last measurement (no I/O)."""
+        return self.space.statistics()
+
+    async def check_space(self) -> SpaceStats:
+        """Measure free space now, releasing or recreating the ballast as needed (the reaper
+        does this every pass).
+
+        Raises:
+            StorageIOError: the file system cannot be measured, or the ballast not created.
+        """
+        await self.space.refresh(force=True)
+        return self.space.statistics()
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop the storage supervisor in order and wait until :func:`run_storage` has released
@@ -240,7 +314,9 @@ class Storage:
     async def create_bucket(self, tenant: str, name: str, *, versioning: bool = False) -> BucketInfo:
         """Create a bucket. Raises InvalidArgumentError, NotFoundError (tenant), AlreadyExistsError."""
         v.validate_bucket_name(name)
-        return await self._write(m.CreateBucket(tenant, name, versioning, self._clock()))
+        await self.space.admit()
+        async with watching(self.space):
+            return await self._write(m.CreateBucket(tenant, name, versioning, self._clock()))
 
     async def delete_bucket(self, tenant: str, name: str) -> None:
         """Delete an empty bucket.
@@ -250,7 +326,7 @@ class Storage:
             delete marker remains.
         """
         v.validate_bucket_name(name)
-        await self._write(m.DeleteBucket(tenant, name))
+        await self._delete(m.DeleteBucket(tenant, name))
 
     async def list_buckets(self, tenant: str) -> list[BucketInfo]:
         """All of the tenant's buckets, by name."""
@@ -281,7 +357,10 @@ class Storage:
             InvalidArgumentError: bad name, key, metadata, size or hash format; size mismatch.
             ChecksumMismatchError: the bytes do not match ``expected_sha256``.
             NotFoundError: no such bucket. AlreadyExistsError: ``if_none_match`` and it exists.
-            ObjectTooLargeError, QuotaExceededError, StorageFullError, StorageIOError.
+            ObjectTooLargeError, QuotaExceededError, StorageIOError.
+            StorageFullError: the disk is full, or the write would take free space below
+                ``min_free_bytes`` (checked before the first byte for ``content_length``,
+                and chunk by chunk).
             Whatever ``chunks`` raises. In every error case nothing becomes visible.
         """
         v.validate_bucket_name(bucket)
@@ -302,20 +381,25 @@ class Storage:
             allowance = max(usage.quota_bytes - usage.used_bytes + freed, 0)
             if content_length is not None and content_length > allowance:
                 raise QuotaExceededError(f"tenant quota of {usage.quota_bytes} bytes exceeded")
-        written = await self.blobs.write(
-            _QuotaGuard(chunks, allowance), max_size=limit, expected_sha256=expected,
-            expected_size=content_length,
-        )
-        try:
-            with written:
-                stored: ObjectInfo = await self._write(m.CommitPut(
-                    tenant, bucket, raw_key, written.digest, written.size,
-                    content_type or DEFAULT_CONTENT_TYPE, meta, if_none_match, self._clock(),
-                ))
-        except BaseException:
-            if written.created:
-                await self._reclaim_quietly(written.digest)
-            raise
+        async with watching(self.space):
+            # The writer holds at most pipeline_depth + 1 batches in memory (see _blobs).
+            with self.space.reserve(batches=self.blobs.pipeline_depth + 1,
+                                    batch_size=self.blobs.batch_size) as reservation:
+                await self.space.admit(content_length or 0, reservation=reservation)
+                written = await self.blobs.write(
+                    _SpaceCheck(_QuotaGuard(chunks, allowance), self.space, reservation),
+                    max_size=limit, expected_sha256=expected, expected_size=content_length,
+                )
+            try:
+                with written:
+                    stored: ObjectInfo = await self._write(m.CommitPut(
+                        tenant, bucket, raw_key, written.digest, written.size,
+                        content_type or DEFAULT_CONTENT_TYPE, meta, if_none_match, self._clock(),
+                    ))
+            except BaseException:
+                if written.created:
+                    await self._reclaim_quietly(written.digest)
+                raise
         return PutResult(stored.etag, stored.version_id, stored.size)
 
     async def head_object(
@@ -369,7 +453,7 @@ class Storage:
         """
         v.validate_bucket_name(bucket)
         raw_key = v.validate_object_key(key)
-        version, marker = await self._write(
+        version, marker = await self._delete(
             m.DeleteObject(tenant, bucket, raw_key, version_id or None, self._clock())
         )
         return DeleteResult(version, marker)
@@ -474,7 +558,7 @@ class Storage:
         Raises:
             InvalidArgumentError, NotFoundError.
         """
-        await self._write(m.DeleteBlob(tenant, v.parse_blob_key(key)))
+        await self._delete(m.DeleteBlob(tenant, v.parse_blob_key(key)))
 
     async def list_blobs(
         self, tenant: str, *, limit: int = 0, start_after: bytes | str = b""
@@ -522,6 +606,7 @@ class Storage:
                 ``total_size`` that differs from the original.
             NotFoundError: unknown or expired upload (or tenant).
             ObjectTooLargeError, QuotaExceededError: the declared size cannot fit.
+            StorageFullError: free space is below ``min_free_bytes`` (or the disk is full).
         """
         attributes = v.validate_metadata_map(attributes, what="attributes")
         if total_size < 0:
@@ -541,13 +626,16 @@ class Storage:
         usage = await self._read(q.read_tenant, tenant)
         if usage.quota_bytes is not None and usage.used_bytes + total_size > usage.quota_bytes:
             raise QuotaExceededError(f"tenant quota of {usage.quota_bytes} bytes exceeded")
+        await self.space.admit()
         new_id = secrets.token_hex(16)
         now = self._clock()
-        await self._write(
-            m.StartUpload(tenant, new_id, total_size, attributes, now, now + self.config.upload_ttl)
-        )
+        async with watching(self.space):
+            await self._write(m.StartUpload(
+                tenant, new_id, total_size, attributes, now, now + self.config.upload_ttl
+            ))
         try:
-            await self.blobs.upload_create(new_id)
+            async with watching(self.space):
+                await self.blobs.upload_create(new_id)
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
@@ -566,15 +654,21 @@ class Storage:
         Raises:
             InvalidArgumentError: offset mismatch, or more than ``total_size`` bytes.
             NotFoundError: unknown or expired upload.
-            StorageFullError, StorageIOError: nothing of ``data`` was kept.
+            StorageFullError: ``data`` would take free space below ``min_free_bytes``, or
+                the disk is full; nothing of ``data`` was kept.
+            StorageIOError: nothing of ``data`` was kept.
         """
         session = await self._live_upload(tenant, upload_id)
         if offset < 0 or offset + len(data) > session.total_size:
             raise InvalidArgumentError(
                 f"{offset + len(data)} bytes would exceed total_size {session.total_size}"
             )
-        received = await self.blobs.upload_append(upload_id, offset, data)
-        await self._touch(tenant, session, received, force=False)
+        async with watching(self.space):
+            with self.space.reserve() as reservation:
+                await self.space.admit(len(data), reservation=reservation)
+                reservation.passed(len(data))
+                received = await self.blobs.upload_append(upload_id, offset, data)
+            await self._touch(tenant, session, received, force=False)
         return received
 
     async def complete_upload(
@@ -600,17 +694,21 @@ class Storage:
                 f"upload holds {received} of {session.total_size} bytes; cannot complete"
             )
         try:
-            written = await self.blobs.upload_finish(upload_id, expected_sha256=expected)
+            # Not admitted against the floor: the bytes are on disk already, and finishing
+            # moves them (a disk that is full anyway still releases the ballast).
+            async with watching(self.space):
+                written = await self.blobs.upload_finish(upload_id, expected_sha256=expected)
         except ChecksumMismatchError:
             with trio.CancelScope(shield=True):
                 await self._forget_upload(tenant, upload_id)
             raise
         try:
             with written:
-                blob, dedup = await self._write(
-                    m.CompleteUpload(tenant, upload_id, written.digest, written.size,
-                                     self._clock())
-                )
+                async with watching(self.space):
+                    blob, dedup = await self._write(
+                        m.CompleteUpload(tenant, upload_id, written.digest, written.size,
+                                         self._clock())
+                    )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._forget_upload(tenant, upload_id)
@@ -628,8 +726,9 @@ class Storage:
     async def abort_upload(self, tenant: str, upload_id: str) -> None:
         """Discard an unfinished upload. Raises InvalidArgumentError, NotFoundError."""
         v.validate_upload_id(upload_id)
-        await self._write(m.DiscardUpload(tenant, upload_id))
+        await self._delete(m.DiscardUpload(tenant, upload_id))
         await self.blobs.upload_discard(upload_id)
+        self.space.invalidate()
 
     # -- hooks for the reaper and for tests
 
@@ -639,7 +738,7 @@ class Storage:
         Returns:
             The ids removed.
         """
-        ids = await self._write(m.ExpireUploads(self._clock()))
+        ids = await self._delete(m.ExpireUploads(self._clock()))
         for upload_id in ids:
             await self.blobs.upload_discard(upload_id)
         return list(ids)
@@ -670,6 +769,7 @@ class Storage:
             StorageUnavailableError: the metadata actor is down or stopped.
         """
         await self._write(Sync())
+        self.space.invalidate()
 
     async def reap_now(self) -> ReapReport:
         """Run one reaper pass now (after any pass in progress) and wait for it; no timeout.
