@@ -171,15 +171,21 @@ def test_message_assembler_matches_purerpc(messages: list[bytes], cuts: list[int
     assert reported == received
 
 
-def test_message_in_one_piece_is_not_copied_and_limits_hold() -> None:
-    """A message inside one payload comes out as a view of it; an oversized prefix fails like
-    purerpc's buffer does, and the compressed flag without a compressing grpc-encoding fails
-    as the gRPC spec says (INTERNAL, "compressed flag ... without grpc-encoding")."""
-    payload = encode([b"a" * 1000, b"b" * 10])
+def test_messages_are_copied_once_and_no_payload_is_kept_and_limits_hold() -> None:
+    """A message inside one payload comes out as its own bytes, one spanning payloads as the
+    bytearray it was assembled in; no view of a payload is kept (payloads are views of the
+    receive buffer); an oversized prefix fails like purerpc's buffer does, and the compressed
+    flag without a compressing grpc-encoding fails as the gRPC spec says (INTERNAL)."""
+    payload = bytearray(encode([b"a" * 1000, b"b" * 10, b"c" * 30]))
     assembler = MessageAssembler(1 << 20)
-    (first, _), (second, _) = assembler.data_received(payload, len(payload))
-    assert isinstance(first, memoryview) and first.obj is payload
-    assert (bytes(first), bytes(second)) == (b"a" * 1000, b"b" * 10)
+    view = memoryview(payload)
+    (first, _), (second, _) = assembler.data_received(view[:1020], 1020)
+    assert type(first) is bytes and (first, second) == (b"a" * 1000, b"b" * 10)
+    assert assembler.data_received(view[1020:1030], 10) == []
+    ((third, _),) = assembler.data_received(view[1030:], len(payload) - 1030)
+    assert type(third) is bytearray and third == b"c" * 30
+    view.release()
+    payload += b"x"  # would raise BufferError if the assembler still held a view of it
     with pytest.raises(MessageTooLargeError):
         MessageAssembler(100).data_received(struct.pack(">?I", False, 101), 5)
     for encoding in (None, "identity"):

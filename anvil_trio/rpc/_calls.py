@@ -225,8 +225,9 @@ class CallDispatcher:
             reports ``NOT_SERVING``); every other call gets UNAVAILABLE.
         max_calls_per_connection: data calls one connection may run at once (its fair share
             of ``max_concurrent_calls``); ``None``: no per-connection bound.
-        health_call_slots: health calls running at once; they do not count against
-            ``max_concurrent_calls``, so data calls never starve health checks.
+        health_call_slots: health calls running at once (half of them at most on one
+            connection); they do not count against ``max_concurrent_calls``, so data calls
+            never starve health checks.
         health_services: the services ``health_call_slots`` applies to.
     """
 
@@ -362,10 +363,13 @@ class CallDispatcher:
         health calls have their own slots; a data call needs one of the server's and one of
         its connection's share."""
         if context.service_name in self.health_services:
-            if self.health_active >= self.health_call_slots:
+            # A connection's share of the health slots too, so one client cannot take them all.
+            share = max(1, (self.health_call_slots + 1) // 2)
+            if self.health_active >= self.health_call_slots or socket.health_calls >= share:
                 self.refused += 1
                 return Status(StatusCode.RESOURCE_EXHAUSTED,
-                              f"too many health calls at once (limit {self.health_call_slots})")
+                              f"too many health calls at once (limit {self.health_call_slots}, "
+                              f"{share} per connection)")
             return None
         if self.active - self.health_active >= self.max_concurrent_calls:
             self.refused += 1
@@ -390,6 +394,7 @@ class CallDispatcher:
         health = context.service_name in self.health_services
         if health:
             self.health_active += 1
+            socket.health_calls += 1
         else:
             socket.active_calls += 1
         self.active += 1
@@ -433,6 +438,7 @@ class CallDispatcher:
             self._live.discard(control)
             if health:
                 self.health_active -= 1
+                socket.health_calls -= 1
             else:
                 socket.active_calls -= 1
             self.active -= 1

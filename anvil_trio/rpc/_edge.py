@@ -497,6 +497,9 @@ class EdgeServer:
 
 #: Seconds a closing connection may take to write what is queued for it (its GOAWAY).
 _GOAWAY_FLUSH_TIMEOUT = 1.0
+#: After a connection error's GOAWAY: how long, and how many bytes, to read and drop.
+_LINGER_TIMEOUT = 1.0
+_LINGER_MAX_BYTES = 4 << 20
 
 #: What a connection refused past ``max_connections`` gets: an empty server SETTINGS frame and
 #: GOAWAY(last stream 0, ENHANCE_YOUR_CALM, "too many connections").
@@ -621,6 +624,26 @@ class _Connection:
                 calls.cancel_scope.cancel()
             with trio.move_on_after(_GOAWAY_FLUSH_TIMEOUT):
                 await grpc_socket.drain_outbound()
+        if self.goaway_code is not None:
+            await self._linger(adapter)
+
+    async def _linger(self, adapter: TrioStreamAdapter) -> None:
+        """After a GOAWAY for a connection error: close our side and read (and drop) what the
+        peer still sends for a moment, so the kernel does not answer those bytes with a reset
+        that could destroy the GOAWAY before the peer reads it (RFC 9113 6.8)."""
+        if not isinstance(self._tcp, trio.SocketStream) or adapter.is_tls:
+            return
+        with trio.move_on_after(_LINGER_TIMEOUT):
+            try:
+                await self._tcp.send_eof()
+                dropped = 0
+                while dropped < _LINGER_MAX_BYTES:
+                    data = await self._tcp.receive_some(1 << 16)
+                    if not data:
+                        return
+                    dropped += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
 
     async def _run_call(self, grpc_socket: EdgeSocket, call_stream, certificate) -> None:
         try:

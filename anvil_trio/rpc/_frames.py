@@ -35,8 +35,9 @@ import collections
 import struct
 
 from h2.exceptions import DenialOfServiceError, FrameDataMissingError, ProtocolError
-from h2.frame_buffer import FrameBuffer
+from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from hyperframe.exceptions import InvalidFrameError
+from hyperframe.flags import Flags
 from hyperframe.frame import DataFrame, HeadersFrame
 from purerpc.grpclib.exceptions import MessageTooLargeError
 
@@ -60,12 +61,14 @@ class FrameReader(FrameBuffer):
     def __init__(self, server: bool = True, *, max_header_block: int = 1 << 16) -> None:
         super().__init__(server=server)
         self._buffer = bytearray()
+        self._pos = 0  # where the next frame starts in _buffer
         self.max_header_block = max_header_block
         self._header_block = 0
 
     def _update_header_buffer(self, frame):
         # One header block (HEADERS and its CONTINUATIONs) may not grow past max_header_block
-        # encoded bytes: a peer cannot make the connection hold an endless header block.
+        # encoded bytes, nor past CONTINUATION_BACKLOG frames: a peer cannot make the
+        # connection hold an endless header block (ENHANCE_YOUR_CALM, not h2's PROTOCOL_ERROR).
         if self._headers_buffer or (isinstance(frame, HeadersFrame)
                                     and "END_HEADERS" not in frame.flags):
             if not self._headers_buffer:
@@ -75,49 +78,89 @@ class FrameReader(FrameBuffer):
                 raise DenialOfServiceError(
                     f"header block over {self.max_header_block} bytes across CONTINUATION "
                     f"frames")
+            if len(self._headers_buffer) >= CONTINUATION_BACKLOG:
+                raise DenialOfServiceError(
+                    f"header block of more than {CONTINUATION_BACKLOG} CONTINUATION frames")
         return super()._update_header_buffer(frame)
 
     def add_data(self, data: bytes) -> None:
         if self._preamble_len:
             super().add_data(data)  # checks and strips the preface into self.data
             data, self.data = self.data, b""
-        self._buffer += data
+        # DATA payloads handed out are views of the buffer (see _data_frame), so it is never
+        # resized: the unread rest and the new bytes go into a new one.
+        self._buffer = self._buffer[self._pos:] + data if self._pos else self._buffer + data
+        self._pos = 0
 
     def next(self):
         buffer = self._buffer
         while True:
-            if len(buffer) < _FRAME_HEADER:
+            pos = self._pos
+            if len(buffer) - pos < _FRAME_HEADER:
                 raise StopIteration()
+            if buffer[pos + 3] == 0 and not buffer[pos + 4] & _PADDED and not self._headers_buffer:
+                frame = self._data_frame(buffer, pos)
+                if frame is None:
+                    raise StopIteration()
+                if frame is not _SLOW:
+                    return frame
             try:
-                frame, length = self._parse_frame_header(bytes(buffer[:_FRAME_HEADER]))
+                frame, length = self._parse_frame_header(bytes(buffer[pos:pos + _FRAME_HEADER]))
             except InvalidFrameError:  # pragma: no cover - h2 treats it the same way
                 raise ProtocolError("Received frame with invalid frame header.") from None
             # Checked before the body is waited for: a peer announcing an overlong frame is
             # refused at once, never buffered up to the size it announced.
             self._validate_frame_length(length)
-            end = _FRAME_HEADER + length
+            end = pos + _FRAME_HEADER + length
             if len(buffer) < end:
                 raise StopIteration()
             if frame is not None:
-                invalid = False
-                view = memoryview(buffer)
                 try:
-                    # DATA bodies are copied once, by the frame itself (tobytes); smaller
-                    # frames get a bytes copy first, exactly as h2 hands them over.
-                    body = view[_FRAME_HEADER:end]
-                    frame.parse_body(body if isinstance(frame, DataFrame) else
-                                     memoryview(body.tobytes()))
+                    # Frames other than unpadded DATA get a bytes copy of their body, as h2
+                    # hands them over.
+                    frame.parse_body(memoryview(bytes(buffer[pos + _FRAME_HEADER:end])))
                 except InvalidFrameError:
-                    invalid = True
-                finally:
-                    body = None
-                    view.release()
-                if invalid:  # raised here, so no traceback keeps a view of the buffer
-                    raise FrameDataMissingError("Frame data missing or invalid")
-            del buffer[:end]  # O(1) for the front of a bytearray
+                    raise FrameDataMissingError("Frame data missing or invalid") from None
+                if isinstance(frame, DataFrame):
+                    frame.data = memoryview(frame.data)
+            self._pos = end
             frame = self._update_header_buffer(frame)
             if frame is not None:
                 return frame
+
+    def _data_frame(self, buffer: bytearray, pos: int):
+        """An unpadded DATA frame on a stream, built without hyperframe's generic machinery
+        (it is most of the frames a busy connection receives): the same ``DataFrame`` with the
+        same attributes, its payload a view of the receive buffer (copied once, later, by the
+        stream's :class:`MessageAssembler`). ``None`` until the whole frame is buffered;
+        ``_SLOW`` for stream 0 (an error h2 reports)."""
+        length = int.from_bytes(buffer[pos:pos + 3], "big")
+        sid = int.from_bytes(buffer[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        if not sid:
+            return _SLOW
+        self._validate_frame_length(length)
+        start = pos + _FRAME_HEADER
+        end = start + length
+        if len(buffer) < end:
+            return None
+        frame = DataFrame.__new__(DataFrame)
+        frame.stream_id = sid
+        flags = Flags.__new__(Flags)
+        flags._valid_flags = _DATA_FLAGS
+        flags._flags = {"END_STREAM"} if buffer[pos + 4] & _END_STREAM else set()
+        frame.flags = flags
+        frame.pad_length = 0
+        frame.body_len = length
+        frame.data = memoryview(buffer)[start:end]
+        self._pos = end
+        return frame
+
+
+#: Stands for "parse this frame the general way" (see ``FrameReader._data_frame``).
+_SLOW = object()
+_PADDED = 0x08
+_END_STREAM = 0x01
+_DATA_FLAGS = frozenset(flag.name for flag in DataFrame.defined_flags)
 
 
 class MessageAssembler:
@@ -137,8 +180,9 @@ class MessageAssembler:
     def __init__(self, max_message_length: int, encoding: str | None = None) -> None:
         self._max = max_message_length
         self._encoding = encoding
-        self._pieces: collections.deque[memoryview] = collections.deque()
-        self._size = 0
+        self._prefix = b""  # the first bytes of a 5-byte prefix split across payloads
+        self._partial: bytearray | None = None  # a message that spans payloads, as it fills
+        self._filled = 0
         self._owed = 0  # flow-controlled bytes received and not yet reported
         self._length: int | None = None  # length of the message whose prefix was read
         self._inflater: Inflater | None = None  # set while a compressed message arrives
@@ -147,11 +191,16 @@ class MessageAssembler:
     @property
     def buffered(self) -> int:
         """Payload bytes held now: received and not yet handed out, plus inflated ones."""
-        return self._size + (self._inflater.buffered if self._inflater is not None else 0)
+        held = len(self._prefix) + self._filled
+        return held + (self._inflater.buffered if self._inflater is not None else 0)
 
-    def data_received(self, data: bytes, flow_controlled_length: int) -> list[tuple[object, int]]:
-        """Take one DATA payload; return the messages it completed, each with the
-        flow-controlled bytes it accounts for (for a compressed message: its wire bytes).
+    def data_received(self, data, flow_controlled_length: int) -> list[tuple[object, int]]:
+        """Take one DATA payload (any buffer; it is not kept: every byte of it that is kept is
+        copied once); return the messages it completed, each with the flow-controlled bytes it
+        accounts for (for a compressed message: its wire bytes).
+
+        A message inside the payload comes out as ``bytes``; one that spanned payloads as the
+        ``bytearray`` it was assembled in (copied into it as its pieces arrived).
 
         Raises:
             MessageTooLargeError: a prefix announces a message over the limit, or
@@ -161,15 +210,23 @@ class MessageAssembler:
                 (``CorruptMessageError``) a compressed message does not inflate.
         """
         self._owed += flow_controlled_length
-        if data:
-            self._pieces.append(memoryview(data))
-            self._size += len(data)
+        view = memoryview(data)
+        size = len(view)
+        pos = 0
         done: list[tuple[object, int]] = []
         while True:
             if self._length is None:
-                if self._size < _MESSAGE_PREFIX.size:
+                need = _MESSAGE_PREFIX.size - len(self._prefix)
+                if size - pos < need:
+                    self._prefix += bytes(view[pos:])
                     return done
-                compressed, length = _MESSAGE_PREFIX.unpack(self._take(_MESSAGE_PREFIX.size))
+                if self._prefix:
+                    prefix = self._prefix + bytes(view[pos:pos + need])
+                    self._prefix = b""
+                else:
+                    prefix = view[pos:pos + need]
+                pos += need
+                compressed, length = _MESSAGE_PREFIX.unpack(prefix)
                 if length > self._max:
                     raise MessageTooLargeError(
                         f"Received message larger than max: {length} > {self._max}"
@@ -180,57 +237,42 @@ class MessageAssembler:
                 self._length = length
             inflater = self._inflater
             if inflater is not None:
-                while self._unfed and self._size:
-                    piece = self._take_piece(self._unfed)
-                    self._unfed -= len(piece)
-                    inflater.feed(piece)
+                if self._unfed and pos < size:
+                    take = min(self._unfed, size - pos)
+                    inflater.feed(view[pos:pos + take])
+                    pos += take
+                    self._unfed -= take
                 if self._unfed:
                     return done
                 message = inflater.finish()
                 self._inflater = None
             else:
-                if self._size < self._length:
-                    return done
-                message = self._take(self._length)
-            # Everything received so far but the bytes still buffered (padding included)
-            # is accounted to this message; the rest waits for the message it belongs to.
-            reported = self._owed - self._size
-            self._owed = self._size
+                length = self._length
+                partial = self._partial
+                if partial is None:
+                    if size - pos >= length:  # the whole message is here: one copy out
+                        message = bytes(view[pos:pos + length])
+                        pos += length
+                    else:  # it spans payloads: assemble it in place
+                        partial = self._partial = bytearray(length)
+                        take = size - pos
+                        partial[:take] = view[pos:]
+                        self._filled = take
+                        return done
+                else:
+                    take = min(length - self._filled, size - pos)
+                    partial[self._filled:self._filled + take] = view[pos:pos + take]
+                    self._filled += take
+                    pos += take
+                    if self._filled < length:
+                        return done
+                    message = partial
+                    self._partial = None
+                    self._filled = 0
+            # Everything received so far but the bytes of this payload not yet looked at
+            # (padding included) is accounted to this message; the rest waits for the message
+            # it belongs to.
+            rest = size - pos
+            done.append((message, self._owed - rest))
+            self._owed = rest
             self._length = None
-            done.append((message, reported))
-
-    def _take_piece(self, most: int) -> memoryview:
-        """Remove and return the front piece, or its first ``most`` bytes (no copy)."""
-        first = self._pieces[0]
-        if len(first) > most:
-            self._pieces[0] = first[most:]
-            first = first[:most]
-        else:
-            self._pieces.popleft()
-        self._size -= len(first)
-        return first
-
-    def _take(self, count: int) -> object:
-        """Remove ``count`` bytes from the front: a view if one piece holds them, else bytes."""
-        if not count:
-            return b""
-        self._size -= count
-        first = self._pieces[0]
-        if len(first) > count:
-            self._pieces[0] = first[count:]
-            return first[:count]
-        if len(first) == count:
-            self._pieces.popleft()
-            return first
-        parts = []
-        while count:
-            piece = self._pieces[0]
-            if len(piece) <= count:
-                parts.append(piece)
-                self._pieces.popleft()
-                count -= len(piece)
-            else:
-                parts.append(piece[:count])
-                self._pieces[0] = piece[count:]
-                count = 0
-        return b"".join(parts)

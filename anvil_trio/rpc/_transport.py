@@ -93,6 +93,11 @@ class TrioStreamAdapter:
         self._raw_socket = raw_socket
         self._on_receive = on_receive
 
+    @property
+    def is_tls(self) -> bool:
+        """Whether the stream is TLS (not the plain TCP socket)."""
+        return isinstance(self._stream, trio.SSLStream)
+
     def extra(self, attribute, default=None):
         if attribute is anyio.abc.SocketAttribute.raw_socket:
             return self._raw_socket

@@ -745,8 +745,9 @@ class EdgeSocket(GRPCProtoSocket):
 
     StreamClass = EdgeStream
 
-    #: Data calls running on this connection (the dispatcher's per-connection share).
+    #: Data calls and health calls running on this connection (the dispatcher's shares).
     active_calls: int = 0
+    health_calls: int = 0
     #: Seconds a call may wait for the peer without progress (``EdgeConfig``).
     stall_timeout: float = math.inf
 
