@@ -25,7 +25,7 @@ from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 
 from anvil_trio.rpc._compression import CompressedFlagError
-from anvil_trio.rpc._frames import FrameReader, MessageAssembler
+from anvil_trio.rpc._frames import DataRun, FrameReader, MessageAssembler
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_FRAME = 1 << 16
@@ -101,7 +101,12 @@ def run_reader(reader: FrameBuffer, pieces: list[bytes]) -> list[tuple]:
     frames = []
     for piece in pieces:
         reader.add_data(piece)
-        frames += [describe(f) for f in reader]
+        for frame in reader:
+            if isinstance(frame, DataRun):  # the frames it stands for, one by one
+                assert frame.flow_controlled_length == sum(map(len, frame.data))
+                frames += [("DataFrame", frame.stream_id, [], bytes(part)) for part in frame.data]
+            else:
+                frames.append(describe(frame))
     return frames
 
 

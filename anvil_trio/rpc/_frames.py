@@ -43,7 +43,7 @@ from purerpc.grpclib.exceptions import MessageTooLargeError
 
 from ._compression import Inflater
 
-__all__ = ["FrameReader", "MessageAssembler"]
+__all__ = ["DataRun", "FrameReader", "MessageAssembler"]
 
 _FRAME_HEADER = 9
 _MESSAGE_PREFIX = struct.Struct(">?I")
@@ -143,17 +143,66 @@ class FrameReader(FrameBuffer):
         end = start + length
         if len(buffer) < end:
             return None
-        frame = DataFrame.__new__(DataFrame)
+        end_stream = buffer[pos + 4] & _END_STREAM
+        run = None
+        if length and not end_stream:
+            run = self._data_run(buffer, sid, end)
+        if run is not None:
+            parts, end = run
+            frame = DataRun.__new__(DataRun)
+            view = memoryview(buffer)
+            frame.data = (view[start:start + length],
+                          *(view[a:b] for a, b in parts))
+            frame.flow_controlled_length = length + sum(b - a for a, b in parts)
+            frame.body_len = frame.flow_controlled_length
+        else:
+            frame = DataFrame.__new__(DataFrame)
+            frame.data = memoryview(buffer)[start:end]
+            frame.body_len = length
         frame.stream_id = sid
         flags = Flags.__new__(Flags)
         flags._valid_flags = _DATA_FLAGS
-        flags._flags = {"END_STREAM"} if buffer[pos + 4] & _END_STREAM else set()
+        flags._flags = {"END_STREAM"} if end_stream else set()
         frame.flags = flags
         frame.pad_length = 0
-        frame.body_len = length
-        frame.data = memoryview(buffer)[start:end]
         self._pos = end
         return frame
+
+    def _data_run(self, buffer: bytearray, sid: int, pos: int):
+        """The payload spans of the unpadded, non-empty DATA frames of stream ``sid`` that
+        follow at ``pos``, complete in the buffer and not ending the stream, and where they end;
+        ``None`` if there are none."""
+        parts = []
+        size = len(buffer)
+        max_size = self.max_frame_size
+        while size - pos >= _FRAME_HEADER:
+            if buffer[pos + 3] != 0 or buffer[pos + 4] & (_PADDED | _END_STREAM):
+                break
+            length = int.from_bytes(buffer[pos:pos + 3], "big")
+            if (not length or length > max_size
+                    or int.from_bytes(buffer[pos + 5:pos + 9], "big") & 0x7FFFFFFF != sid):
+                break
+            start = pos + _FRAME_HEADER
+            if size < start + length:
+                break
+            parts.append((start, start + length))
+            pos = start + length
+        return (parts, pos) if parts else None
+
+
+class DataRun(DataFrame):
+    """Consecutive unpadded DATA frames of one stream, none of which ends it, read as one:
+    ``data`` is the tuple of their payloads (views of the receive buffer) and
+    ``flow_controlled_length`` their total. The edge handles a run as it would each of its
+    frames in turn (the same stream, no END_STREAM, no padding: the same decisions and the
+    same window charges, made once)."""
+
+    #: The payloads' total (an attribute here, not hyperframe's computed property).
+    flow_controlled_length = 0
+
+    def payload(self) -> bytes:
+        """The payloads joined (for code that needs one contiguous buffer)."""
+        return b"".join(self.data)
 
 
 #: Stands for "parse this frame the general way" (see ``FrameReader._data_frame``).
@@ -209,11 +258,16 @@ class MessageAssembler:
                 compressed flag set without a compressing encoding, or
                 (``CorruptMessageError``) a compressed message does not inflate.
         """
+        if type(data) is tuple:  # a DataRun's payloads, in order (unpadded: all flow-controlled)
+            done: list[tuple[object, int]] = []
+            for piece in data:
+                done += self.data_received(piece, len(piece))
+            return done
         self._owed += flow_controlled_length
         view = memoryview(data)
         size = len(view)
         pos = 0
-        done: list[tuple[object, int]] = []
+        done = []
         while True:
             if self._length is None:
                 need = _MESSAGE_PREFIX.size - len(self._prefix)

@@ -51,6 +51,7 @@ from hyperframe.frame import (
 )
 
 from ._floods import FloodGuard, FloodLimits
+from ._frames import DataRun
 from ._gate import PASS, Action, Decision, StreamGate
 
 __all__ = ["EdgeH2Connection", "EdgeProtocolError", "request_header_problem"]
@@ -195,7 +196,7 @@ class EdgeH2Connection(h2.connection.H2Connection):
                 self._calm(floods.window_update())
             return super()._receive_frame(frame)
         gate = self.gate
-        if kind is DataFrame:
+        if kind is DataFrame or kind is DataRun:
             end_stream = "END_STREAM" in frame.flags
             if not end_stream and not frame.data:
                 self._calm(floods.empty_data_frame())
@@ -220,10 +221,12 @@ class EdgeH2Connection(h2.connection.H2Connection):
         else:
             return super()._receive_frame(frame)  # PUSH_PROMISE, extensions: h2 decides
         if decision is PASS:
-            if kind is DataFrame and not end_stream:
+            if (kind is DataFrame or kind is DataRun) and not end_stream:
                 events = self._data_fast(frame)
                 if events is not None:
                     return events
+                if kind is DataRun:  # h2 itself must look: one contiguous payload for it
+                    frame.data = frame.payload()
             return self._pass(frame)
         return self._carry_out(frame, decision)
 
@@ -240,7 +243,7 @@ class EdgeH2Connection(h2.connection.H2Connection):
         self._inbound_flow_control_window_manager.window_consumed(length)
         stream._inbound_window_manager.window_consumed(length)
         data = frame.data
-        stream._actual_content_length += len(data)
+        stream._actual_content_length += length  # (unpadded: the payload's length)
         event = h2.events.DataReceived()
         event.stream_id = frame.stream_id
         event.data = data
@@ -272,7 +275,7 @@ class EdgeH2Connection(h2.connection.H2Connection):
         kind = type(frame)
         if kind is HeadersFrame:
             self._decode(frame.data)
-        elif kind is DataFrame:
+        elif kind is DataFrame or kind is DataRun:
             length = frame.flow_controlled_length
             # Counted against the connection window (raises FLOW_CONTROL_ERROR past it).
             self._inbound_flow_control_window_manager.window_consumed(length)
