@@ -46,7 +46,7 @@ from purerpc.wrappers import (
     call_server_unary_unary,
 )
 
-from ._status import StatusMapper, status_for_exception
+from ._status import StatusMapper, exception_leaves, status_for_exception
 from ._wire import CallControl, EdgeSocket, EdgeStream
 
 __all__ = [
@@ -181,7 +181,7 @@ _GONE_ERRORS = (
 def _went_away(exc: BaseException, socket: EdgeSocket, stream: EdgeStream) -> bool:
     """Whether ``exc`` only says that the call's stream (or connection) is closed, and h2 agrees
     that it is: then the call ends quietly instead of as an INTERNAL error."""
-    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    leaves = [leaf for leaf in exception_leaves(exc) if not isinstance(leaf, trio.Cancelled)]
     if not leaves or not all(isinstance(leaf, _GONE_ERRORS) for leaf in leaves):
         return False
     h2_connection = socket.connection.h2_connection
@@ -190,13 +190,6 @@ def _went_away(exc: BaseException, socket: EdgeSocket, stream: EdgeStream) -> bo
     h2_stream = h2_connection.streams.get(stream.stream_id)
     return h2_stream is None or h2_stream.closed
 
-
-def _leaves(exc: BaseException):
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _expired(context: CallContext) -> Status:

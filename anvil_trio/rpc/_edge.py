@@ -46,7 +46,7 @@ from ._conn_limits import ConnectionLimits, ConnectionTimers, Due, RefusalReport
 from ._floods import FloodLimits
 from ._health import HealthServicer, HealthState
 from ._reflection import default_reflection_servicers
-from ._status import DEFAULT_STATUS_TABLE, StatusMapper
+from ._status import DEFAULT_STATUS_TABLE, StatusMapper, exception_leaves
 from ._transport import TrioStreamAdapter
 from ._wire import EdgeSocket
 
@@ -702,16 +702,8 @@ class _Connection:
         calls_scope.cancel()
 
     def _log_failure(self, exc: BaseException) -> None:
-        leaves = list(_leaves(exc))
+        leaves = list(exception_leaves(exc))
         if all(isinstance(leaf, _CONNECTION_ERRORS) for leaf in leaves):
             log.debug("connection from %s ended: %s", self._peer, exc)
         else:
             log.warning("connection from %s failed", self._peer, exc_info=exc)
-
-
-def _leaves(exc: BaseException):
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc

@@ -6,22 +6,28 @@ read (``data += new``) and after every frame (``data = data[n:]``), and slices e
 out before parsing it; purerpc's ``MessageReadBuffer`` copies again to split the 5-byte gRPC
 prefix from the message. For a 1 MiB message arriving in 64 KiB reads that is a dozen copies of
 every byte, and on a two-core machine copies of cold memory are what a busy upload pays for.
-This module does the same jobs with at most two copies of a payload byte: one into a growing
-receive buffer, one out of it into the frame's own ``bytes``.
+This module does the same jobs with two copies of a payload byte: one into the receive buffer,
+one out of it into the message it belongs to. DATA frames are built without hyperframe's generic
+parsing (they are most of the frames), their payloads handed over as views of the receive
+buffer, and consecutive DATA frames of one stream in one read come out as one
+:class:`DataRun` -- with 16 KiB frames a 1 MiB message is 64 of them.
 
 Invariants:
 
-* :class:`FrameReader` yields exactly the frames h2's ``FrameBuffer`` would, with the same
-  errors (bad preamble, bad header, overlong frame, header-block rules), from any split of
-  the same bytes -- except that it refuses an overlong frame as soon as its 9-byte header
-  arrives (h2 first buffers the whole announced body) and a header block whose HEADERS and
-  CONTINUATION payloads together pass ``max_header_block`` bytes (ENHANCE_YOUR_CALM), so a
-  connection never holds more than one read, one frame and one bounded header block. Its buffer is only resized while no ``memoryview`` of it is alive.
+* :class:`FrameReader` yields the frames h2's ``FrameBuffer`` would, with the same errors (bad
+  preamble, bad header, overlong frame, header-block rules), from any split of the same bytes
+  -- except that consecutive unpadded DATA frames of one stream not ending it, complete in the
+  buffer, come as one :class:`DataRun` (their payloads in order); that it refuses an overlong
+  frame as soon as its 9-byte header arrives (h2 first buffers the whole announced body); and
+  that a header block past ``max_header_block`` bytes or ``CONTINUATION_BACKLOG`` frames is
+  ENHANCE_YOUR_CALM. So a connection holds at most one read, one frame and one bounded header
+  block. The receive buffer is never resized (views of it are handed out): each read makes a
+  new one of the unread rest and the new bytes.
 * :class:`MessageAssembler` yields exactly the messages purerpc's ``MessageReadBuffer`` would,
   and the flow-controlled lengths it reports add up to the flow-controlled bytes received,
   less those of a message still incomplete (padding counts toward the next message finished).
-  A message lying inside one received piece is handed out as a ``memoryview`` of that piece
-  (no copy); one spanning pieces is joined into ``bytes``.
+  It keeps no view of a payload: a message inside one payload is copied out as ``bytes``, one
+  spanning payloads is copied piece by piece into the ``bytearray`` it comes out as.
 * A message with the compressed flag (on a ``gzip`` or ``deflate`` stream) is inflated piece by
   piece as it arrives and handed out as an ``InflatedMessage``; its flow-controlled length is
   that of its compressed wire bytes. The assembler never holds more than the compressed bytes
@@ -31,7 +37,6 @@ Invariants:
 
 from __future__ import annotations
 
-import collections
 import struct
 
 from h2.exceptions import DenialOfServiceError, FrameDataMissingError, ProtocolError

@@ -162,10 +162,11 @@ DEFAULT_STATUS_TABLE = StatusTable(
 )
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
+def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, exception groups unwrapped to their leaves."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from exception_leaves(inner)
     else:
         yield exc
 
@@ -204,7 +205,7 @@ def status_for_exception(
         unexpected (which is logged at ERROR with the traceback and the same id).
     """
     best: Status | None = None
-    for leaf in _leaves(exc):
+    for leaf in exception_leaves(exc):
         if isinstance(leaf, trio.Cancelled):
             continue
         status = _known_status(leaf, mapper)
