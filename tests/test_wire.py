@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from anvil_trio._proto.anvil.v1 import blob_pb2, object_pb2
 from anvil_trio.rpc._messages import bytes_field_message, varint_field
-from anvil_trio.rpc._wire import _Inbox
+from anvil_trio.rpc._stream import _Inbox
 
 
 async def test_events_come_out_in_the_order_they_went_in():

@@ -47,7 +47,8 @@ from purerpc.wrappers import (
 )
 
 from ._status import StatusMapper, exception_leaves, status_for_exception
-from ._wire import CallControl, EdgeSocket, EdgeStream
+from ._stream import EdgeStream
+from ._wire import CallControl, EdgeSocket
 
 __all__ = [
     "PUBLIC_METHODS",

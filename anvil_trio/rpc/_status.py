@@ -48,7 +48,7 @@ from ..storage._errors import (
     StorageIOError,
     StorageUnavailableError,
 )
-from ._wire import StreamStalledError
+from ._stream import StreamStalledError
 
 __all__ = [
     "DEFAULT_STATUS_TABLE",
