@@ -21,8 +21,8 @@ Invariants:
   frame as soon as its 9-byte header arrives (h2 first buffers the whole announced body); and
   that a header block past ``max_header_block`` bytes or ``CONTINUATION_BACKLOG`` frames is
   ENHANCE_YOUR_CALM. So a connection holds at most one read, one frame and one bounded header
-  block. The receive buffer is never resized (views of it are handed out): each read makes a
-  new one of the unread rest and the new bytes.
+  block. The receive buffer is resized only while no view of it is alive (views of it are
+  handed out); otherwise a read makes a new one of the unread rest and the new bytes.
 * :class:`MessageAssembler` yields exactly the messages purerpc's ``MessageReadBuffer`` would,
   and the flow-controlled lengths it reports add up to the flow-controlled bytes received,
   less those of a message still incomplete (padding counts toward the next message finished).
@@ -92,9 +92,17 @@ class FrameReader(FrameBuffer):
         if self._preamble_len:
             super().add_data(data)  # checks and strips the preface into self.data
             data, self.data = self.data, b""
-        # DATA payloads handed out are views of the buffer (see _data_frame), so it is never
-        # resized: the unread rest and the new bytes go into a new one.
-        self._buffer = self._buffer[self._pos:] + data if self._pos else self._buffer + data
+        # DATA payloads handed out are views of the buffer (see _data_frame). Once they are
+        # gone (the usual case: the assembler copies out of them at once) the buffer is reused,
+        # its memory warm; while one is alive it cannot be resized, so the unread rest and the
+        # new bytes go into a new one.
+        buffer = self._buffer
+        try:
+            if self._pos:
+                del buffer[:self._pos]
+            buffer += data
+        except BufferError:
+            self._buffer = buffer[self._pos:] + data
         self._pos = 0
 
     def next(self):
