@@ -52,6 +52,7 @@ from .auth import (
 from .rpc import EdgeConfig, EdgeServer, HealthState, TLSConfig
 from .rpc._auth_service import StorageAppStore
 from .rpc._common import ServiceContext, bearer_authenticator
+from .rpc._status import exception_leaves
 from .rpc._services import build_servicers
 from .storage import Storage, StorageConfig, run_storage
 
@@ -188,7 +189,7 @@ class Server:
                         await self._shut_down(storage)
         except BaseExceptionGroup as group:
             # One failure (besides the cancellations it caused) is raised as itself.
-            errors = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+            errors = [e for e in exception_leaves(group) if not isinstance(e, trio.Cancelled)]
             if len(errors) == 1:
                 raise errors[0] from errors[0].__cause__
             raise
@@ -265,14 +266,6 @@ class Server:
             await self.edge.drain()
         self._stopping = True
         await storage.stop(grace=STORAGE_STOP_GRACE)
-
-
-def _leaves(exc: BaseException):
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 async def _serve_then_cancel(

@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import grpc
 import pytest
 import purerpc
 import trio
@@ -53,7 +54,6 @@ from anvil_trio.rpc._frames import MessageAssembler
 from anvil_trio.rpc._messages import bytes_field_message
 from anvil_trio.testing import open_test_server
 
-grpc = pytest.importorskip("grpc")
 
 MiB = 1 << 20
 LIMIT = 4 * MiB

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import purerpc
+import grpc
 import pytest
 import trio
 from purerpc import Status, StatusCode
@@ -31,7 +32,6 @@ from anvil_trio.rpc import (
 )
 from anvil_trio.storage import NotFoundError, QuotaExceededError, StorageIOError
 
-grpc = pytest.importorskip("grpc")
 
 _ECHO_PROTO = """
 syntax = "proto3";

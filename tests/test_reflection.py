@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 import trio
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -32,7 +33,6 @@ from anvil_trio.rpc import (
 )
 from anvil_trio.rpc._reflection import default_reflection_servicers
 
-grpc = pytest.importorskip("grpc")
 
 from test_interop import ServerProcess  # noqa: E402 - after the grpc import check
 

@@ -100,14 +100,14 @@ def fill(path: Path) -> int:
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A fresh 64 MiB tmpfs (root only), unmounted after the test whatever happened."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0:  # sessions and CI run as root; a user's own checkout may not
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
                           check=False, capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs as root: {done.stderr.decode().strip()}")
     try:
         yield mnt
     finally:

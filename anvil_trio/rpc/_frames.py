@@ -134,8 +134,6 @@ class FrameReader(FrameBuffer):
                     frame.parse_body(memoryview(bytes(buffer[pos + _FRAME_HEADER:end])))
                 except InvalidFrameError:
                     raise FrameDataMissingError("Frame data missing or invalid") from None
-                if isinstance(frame, DataFrame):
-                    frame.data = memoryview(frame.data)
             self._pos = end
             frame = self._update_header_buffer(frame)
             if frame is not None:

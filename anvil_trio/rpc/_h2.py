@@ -242,11 +242,10 @@ class EdgeH2Connection(h2.connection.H2Connection):
         length = frame.flow_controlled_length
         self._inbound_flow_control_window_manager.window_consumed(length)
         stream._inbound_window_manager.window_consumed(length)
-        data = frame.data
-        stream._actual_content_length += length  # (unpadded: the payload's length)
+        # (h2 counts received bytes only to check a content-length, which this path excludes.)
         event = h2.events.DataReceived()
         event.stream_id = frame.stream_id
-        event.data = data
+        event.data = frame.data
         event.flow_controlled_length = length
         return [event]
 

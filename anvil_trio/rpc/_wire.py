@@ -318,22 +318,23 @@ class EdgeConnection(GRPCConnection):
             raise
         except Exception as exc:
             # A defect, not the peer's fault: still end the connection with GOAWAY first.
-            try:
-                self.h2_connection.close_connection(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.queue_goaway(h2.errors.ErrorCodes.INTERNAL_ERROR)
             raise EdgeProtocolError(h2.errors.ErrorCodes.INTERNAL_ERROR,
                                     f"internal error: {exc!r}") from exc
         if self.outbound_buffered() > self.outbound_limit:
             # Replies (PING/SETTINGS ACKs, resets) pile up: the peer asks and does not read.
             code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            try:
-                self.h2_connection.close_connection(code)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.queue_goaway(code)
             raise EdgeProtocolError(code, f"{self.outbound_buffered()} bytes of replies unread "
                                           f"by the peer (limit {self.outbound_limit})")
         return events
+
+    def queue_goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        """Queue GOAWAY(``code``) for the socket, unless one was already sent either way."""
+        try:
+            self.h2_connection.close_connection(code)
+        except h2.exceptions.ProtocolError:
+            pass  # the connection is already closed in h2's view: its GOAWAY went out
 
     def _discarded_data(self, length: int) -> None:
         """A DATA frame the gate dropped: its bytes go straight back to the connection window."""
@@ -538,7 +539,4 @@ class EdgeSocket(GRPCProtoSocket):
 
     def goaway(self) -> None:
         """Queue a GOAWAY (NO_ERROR); the peer opens no further calls on this connection."""
-        try:
-            self._grpc_connection.h2_connection.close_connection()
-        except h2.exceptions.ProtocolError:
-            pass
+        self._grpc_connection.queue_goaway()
