@@ -385,7 +385,8 @@ class SpaceGuard:
                                 size, self._fsync):
                     self._ballast = True
                     self._creations += 1
-                    logger.info("ballast of %d bytes recreated in %s", size, self._dir)
+                    logger.info("ballast of %d bytes made in %s (room for deletes on a full disk)",
+                                size, self._dir)
                 free, _ = await run_io("measuring free space", _measure, self._dir)
             self._measured(free, started)
             return self._effective()
