@@ -447,6 +447,17 @@ class BlobStore:
         """Whether ``digest`` is stored (malformed digest: InvalidArgumentError)."""
         return await run_io("inspecting a blob", self.blob_path(digest).exists)
 
+    #: One process owns the data dir (``_lock``).
+    shared = False
+
+    def iter_locations(self, older_than: float = 0.0) -> Iterator[str]:
+        """The byte store seam's scan: a file's location is its digest. ``older_than`` is not
+        needed here: in-flight writes pin their digest (see ``delete_if_unpinned``)."""
+        return self.iter_digests()
+
+    async def aclose(self) -> None:
+        """Nothing to release (file descriptors belong to readers and writes)."""
+
     def iter_digests(self) -> Iterator[str]:
         """Digests of the files in ``blobs/`` (blocking directory scan; for the reaper, which
         should run it in a worker thread). Files that do not belong there are skipped."""

@@ -55,6 +55,7 @@ from ._queries import (
     bucket_row,
     connect,
     dump_json,
+    read_location_referenced,
     tenant_id,
     transaction,
 )
@@ -121,8 +122,15 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """Where each digest's bytes are: its own name for files, a per-write name in S3."""
+    conn.execute("ALTER TABLE blobs ADD COLUMN location TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE blobs SET location = digest")
+    conn.execute("CREATE INDEX blobs_by_location ON blobs (location)")
+
+
 #: Ordered migrations; migration ``i`` (0-based) brings ``user_version`` from ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
 
 
 def migrate(
@@ -230,6 +238,7 @@ class CommitPut:
     user_metadata: dict[str, str]
     if_none_match: bool
     now: float
+    location: str = ""
 
 
 @attrs.frozen
@@ -274,6 +283,7 @@ class CompleteUpload:
     digest: str
     size: int
     now: float
+    location: str = ""
 
 
 @attrs.frozen
@@ -301,7 +311,8 @@ class ExpireUploads:
 
 @attrs.frozen
 class WriteResult:
-    """What a write returns: its ``value`` and the digests whose last reference it removed."""
+    """What a write returns: its ``value`` and the locations whose last reference it removed
+    (for files, a location is the digest)."""
 
     value: Any
     zeroed: tuple[str, ...] = ()
@@ -342,6 +353,11 @@ class MetadataWriter:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def location_referenced(self, location: str) -> bool:
+        """Whether any ``blobs`` row names ``location`` (a read of the committed state)."""
+        with transaction(self.conn, write=False) as conn:
+            return read_location_referenced(conn, location)
 
     def apply(self, message: Any) -> WriteResult:
         """Apply one write message in one transaction and return its :class:`WriteResult`."""
@@ -400,19 +416,32 @@ class MetadataWriter:
 
     # -- references and quota (inside a transaction)
 
-    def _ref(self, conn: sqlite3.Connection, digest: str, size: int, now: float) -> None:
-        cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE digest = ?", (digest,))
-        if cur.rowcount == 0:
-            conn.execute(
-                "INSERT INTO blobs (digest, size, refcount, created) VALUES (?, ?, 1, ?)",
-                (digest, size, now),
-            )
+    def _ref(
+        self, conn: sqlite3.Connection, digest: str, size: int, location: str, now: float
+    ) -> str:
+        """Take one reference on ``digest``; returns the location its bytes are at: the
+        existing row's, or ``location`` (default: the digest) for a new row. Each statement
+        is atomic on its row, so a concurrent last unref either happens first (and this
+        inserts a new row) or sees the count it must keep."""
+        row = conn.execute(
+            "UPDATE blobs SET refcount = refcount + 1 WHERE digest = ? RETURNING location",
+            (digest,),
+        ).fetchone()
+        if row is not None:
+            return row[0]
+        location = location or digest
+        conn.execute(
+            "INSERT INTO blobs (digest, size, refcount, created, location) VALUES (?, ?, 1, ?, ?)",
+            (digest, size, now, location),
+        )
+        return location
 
     def _unref(self, conn: sqlite3.Connection, digest: str, zeroed: list[str]) -> None:
-        (count,) = conn.execute("SELECT refcount FROM blobs WHERE digest = ?", (digest,)).fetchone()
-        if count == 1:
-            conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-            zeroed.append(digest)
+        row = conn.execute(
+            "DELETE FROM blobs WHERE digest = ? AND refcount = 1 RETURNING location", (digest,)
+        ).fetchone()
+        if row is not None:
+            zeroed.append(row[0])
         else:
             conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE digest = ?", (digest,))
 
@@ -478,7 +507,7 @@ class MetadataWriter:
         if not conn.execute("SELECT 1 FROM apps WHERE client_id = ?", (m.client_id,)).fetchone():
             raise NotFoundError(f"app {m.client_id!r} does not exist")
         sql = (
-            "INSERT OR IGNORE INTO grants (client_id, scope) VALUES (?, ?)"
+            "INSERT INTO grants (client_id, scope) VALUES (?, ?) ON CONFLICT DO NOTHING"
             if m.grant
             else "DELETE FROM grants WHERE client_id = ? AND scope = ?"
         )
@@ -534,24 +563,25 @@ class MetadataWriter:
     def _insert_version(
         self, conn: sqlite3.Connection, bucket: str, bid: int, key: bytes, *,
         digest: str | None, size: int, content_type: str, user_metadata: dict[str, str],
-        now: float,
+        now: float, location: str = "",
     ) -> ObjectInfo:
         conn.execute(
             "UPDATE object_versions SET latest = 0 WHERE bucket_id = ? AND key = ? AND latest = 1",
             (bid, key),
         )
         version_id = secrets.token_hex(16)
-        cur = conn.execute(
+        (seq,) = conn.execute(
             "INSERT INTO object_versions (bucket_id, key, version_id, latest, delete_marker, "
             "digest, size, content_type, user_metadata, last_modified) "
-            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (bid, key, version_id, int(digest is None), digest, size, content_type,
              dump_json(user_metadata), now),
-        )
+        ).fetchone()
         return ObjectInfo(
             bucket=bucket, key=key.decode("utf-8"), version_id=version_id, size=size,
             etag=digest or "", content_type=content_type, user_metadata=dict(user_metadata),
-            last_modified=now, is_latest=True, delete_marker=digest is None, seq=cur.lastrowid,
+            last_modified=now, is_latest=True, delete_marker=digest is None, seq=seq,
+            location=location,
         )
 
     def _commit_put(self, conn: sqlite3.Connection, m: CommitPut) -> WriteResult:
@@ -562,7 +592,7 @@ class MetadataWriter:
             raise AlreadyExistsError(f"object {m.key.decode()!r} already exists")
         zeroed: list[str] = []
         # Take the new reference first, so replacing content with itself never zeroes it.
-        self._ref(conn, m.digest, m.size, m.now)
+        location = self._ref(conn, m.digest, m.size, m.location, m.now)
         if not versioning:
             for row in conn.execute(
                 f"SELECT {OBJECT_COLUMNS} FROM object_versions WHERE bucket_id = ? AND key = ?",
@@ -573,6 +603,7 @@ class MetadataWriter:
         info = self._insert_version(
             conn, m.bucket, bid, m.key, digest=m.digest, size=m.size,
             content_type=m.content_type, user_metadata=m.user_metadata, now=m.now,
+            location=location,
         )
         return WriteResult(info, tuple(zeroed))
 
@@ -645,23 +676,25 @@ class MetadataWriter:
         ).fetchone()
         conn.execute("DELETE FROM uploads WHERE upload_id = ?", (m.upload_id,))
         row = conn.execute(
-            "SELECT size, content_type, attributes, created FROM tenant_blobs "
-            "WHERE tenant_id = ? AND digest = ?",
+            "SELECT t.size, t.content_type, t.attributes, t.created, b.location "
+            "FROM tenant_blobs t JOIN blobs b ON b.digest = t.digest "
+            "WHERE t.tenant_id = ? AND t.digest = ?",
             (tid, m.digest),
         ).fetchone()
         if row is not None:
-            info = BlobInfo(m.digest, row[0], row[1], json.loads(row[2]), row[3])
+            info = BlobInfo(m.digest, row[0], row[1], json.loads(row[2]), row[3], location=row[4])
             return WriteResult((info, True))
         attributes = json.loads(attrs_json)
         content_type = attributes.get("content-type", "application/octet-stream")
         self._charge(conn, tid, m.size)
-        self._ref(conn, m.digest, m.size, m.now)
+        location = self._ref(conn, m.digest, m.size, m.location, m.now)
         conn.execute(
             "INSERT INTO tenant_blobs (tenant_id, digest, size, attributes, content_type, "
             "created) VALUES (?, ?, ?, ?, ?, ?)",
             (tid, m.digest, m.size, attrs_json, content_type, m.now),
         )
-        return WriteResult((BlobInfo(m.digest, m.size, content_type, attributes, m.now), False))
+        info = BlobInfo(m.digest, m.size, content_type, attributes, m.now, location=location)
+        return WriteResult((info, False))
 
     def _discard_upload(self, conn: sqlite3.Connection, m: DiscardUpload) -> WriteResult:
         self._upload_tenant_check(conn, m.tenant, m.upload_id)

@@ -6,10 +6,12 @@ Invariants:
 * Writes reach :class:`~._metadata.MetadataWriter` through this actor only, so they are
   serialized; writes already waiting together are committed in one transaction (group commit,
   ``batch_limit``), each still succeeding or failing on its own.
-* A blob file is deleted only here, after a write left its reference count at zero and only
-  once nothing pins it; the refcount check and the delete never interleave with a commit (they
-  run in ``after_reply``, before the next message), and the slow unlink runs in the actor's own
-  worker thread after the file was moved out of ``blobs/``.
+* Bytes are deleted only here, after a write left their location unreferenced (no ``blobs``
+  row names it) and only once nothing pins it; the check and the delete never interleave with
+  a commit of this actor (they run in ``after_reply``, before the next message), and the slow
+  unlink of a file runs in the actor's own worker thread after the file was moved out of
+  ``blobs/``. In a shared store a location is never reused (see ``_seams``), so a commit on
+  another node cannot bring it back.
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ import outcome
 import trio
 
 from ..actors import Actor
-from ._blobs import BlobStore
 from ._errors import StorageError
-from ._metadata import MetadataWriter
 from ._pipeline import Lane
-from ._queries import read_refcount
+from ._seams import ByteStore, MetadataBackend
 
 __all__ = ["MetadataActor", "ReclaimBlob", "Sync"]
 
 
 @attrs.frozen
 class ReclaimBlob:
-    """Ask the metadata actor to delete ``digest``'s file if nothing references or pins it."""
+    """Ask the metadata actor to delete the bytes at ``location`` (for files: the digest) if
+    nothing references or pins them."""
 
-    digest: str
+    location: str
 
 
 @attrs.frozen
@@ -48,8 +49,8 @@ class MetadataActor(Actor):
     """The single metadata writer, plus the only place blob files are deleted.
 
     Args:
-        path: the SQLite file (created and migrated in ``on_start``).
-        blobs: the blob store whose unreferenced files it deletes.
+        backend: the metadata store; its writer is opened in ``on_start``.
+        blobs: the byte store whose unreferenced bytes it deletes.
 
     Messages: the write messages of :mod:`._metadata` (reply: their value), :class:`ReclaimBlob`
     (reply: whether a file was deleted) and :class:`Sync`. The files a write left unreferenced
@@ -74,15 +75,15 @@ class MetadataActor(Actor):
     reply_errors = (StorageError,)
     batch_limit = 64
 
-    def __init__(self, path: Path, blobs: BlobStore) -> None:
-        self._path = path
+    def __init__(self, backend: MetadataBackend, blobs: ByteStore) -> None:
+        self._backend = backend
         self._blobs = blobs
-        self._writer: MetadataWriter | None = None
+        self._writer: Any = None
         self._zeroed: tuple[str, ...] = ()
         self._unlinker: Lane | None = None
 
     async def on_start(self) -> None:
-        self._writer = await trio.to_thread.run_sync(MetadataWriter, self._path)
+        self._writer = await trio.to_thread.run_sync(self._backend.open_writer)
         self._unlinker = Lane("deleting blob files")
 
     async def on_stop(self) -> None:
@@ -101,7 +102,7 @@ class MetadataActor(Actor):
     async def receive(self, message: Any) -> Any:
         assert self._writer is not None
         if isinstance(message, ReclaimBlob):
-            return await self._reclaim(message.digest)
+            return await self._reclaim(message.location)
         if isinstance(message, Sync):
             assert self._unlinker is not None
             await self._unlinker.wait(self._unlinker.submitted)
@@ -145,17 +146,16 @@ class MetadataActor(Actor):
 
     async def after_reply(self) -> None:
         zeroed, self._zeroed = self._zeroed, ()
-        for digest in zeroed:
+        for location in zeroed:
             try:
-                await self._reclaim(digest, defer_unlink=True)
+                await self._reclaim(location, defer_unlink=True)
             except StorageError:
                 pass  # committed already; the reaper retries the file later
 
-    async def _reclaim(self, digest: str, *, defer_unlink: bool = False) -> bool:
+    async def _reclaim(self, location: str, *, defer_unlink: bool = False) -> bool:
         assert self._writer is not None
-        count = await trio.to_thread.run_sync(read_refcount, self._writer.conn, digest)
-        if count:
+        if await trio.to_thread.run_sync(self._writer.location_referenced, location):
             return False
         return await self._blobs.delete_if_unpinned(
-            digest, defer_unlink=self._unlink_later if defer_unlink else None
+            location, defer_unlink=self._unlink_later if defer_unlink else None
         )

@@ -73,8 +73,9 @@ class BlobPin:
 
 @attrs.frozen
 class WrittenBlob:
-    """The outcome of a write: ``digest`` (64 lowercase hex), ``size`` in bytes, and ``created``
-    (False when identical content was already stored).
+    """The outcome of a write: ``digest`` (64 lowercase hex), ``size`` in bytes, ``created``
+    (False when identical content was already stored), and ``location``, where the byte store
+    keeps it (the digest itself for files; a fresh name per write for S3, see ``_seams``).
 
     The digest stays pinned until :meth:`release` (or leaving ``with written_blob:``); release
     it once the metadata that references it is committed, or the write abandoned.
@@ -84,6 +85,7 @@ class WrittenBlob:
     size: int
     created: bool
     pin: BlobPin = attrs.field(eq=False, repr=False)
+    location: str = attrs.field(default=attrs.Factory(lambda self: self.digest, takes_self=True))
 
     def release(self) -> None:
         """Release the write's pin (idempotent)."""

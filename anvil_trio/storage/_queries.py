@@ -153,6 +153,8 @@ class ObjectInfo:
     is_latest: bool
     delete_marker: bool
     seq: int
+    #: Where the byte store keeps the bytes (set by point reads and writes; "" otherwise).
+    location: str = attrs.field(default="", eq=False, repr=False)
 
 
 @attrs.frozen
@@ -164,6 +166,8 @@ class BlobInfo:
     content_type: str
     attributes: dict[str, str]
     created_at: float
+    #: Where the byte store keeps the bytes (set by point reads and writes; "" otherwise).
+    location: str = attrs.field(default="", eq=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -259,13 +263,15 @@ OBJECT_COLUMNS = (
 
 
 def object_from_row(bucket: str, row: Sequence[Any]) -> ObjectInfo:
-    """Build an :class:`ObjectInfo` from a row selected with ``OBJECT_COLUMNS``."""
-    seq, key, version_id, latest, marker, digest, size, ctype, meta, modified = row
+    """Build an :class:`ObjectInfo` from a row selected with ``OBJECT_COLUMNS`` (and, for a
+    point read, the bytes' location after them)."""
+    seq, key, version_id, latest, marker, digest, size, ctype, meta, modified = row[:10]
     return ObjectInfo(
         bucket=bucket, key=bytes(key).decode("utf-8"), version_id=version_id, size=size,
         etag=digest or "", content_type=ctype,
         user_metadata={} if meta == "{}" else json.loads(meta),
         last_modified=modified, is_latest=bool(latest), delete_marker=bool(marker), seq=seq,
+        location=(row[10] or "") if len(row) > 10 else "",
     )
 
 
@@ -339,11 +345,13 @@ def read_bucket(conn: sqlite3.Connection, tenant: str, name: str) -> BucketInfo:
     return BucketInfo(name, bool(row[0]), row[1])
 
 
-# One statement finds the tenant, the bucket and the object (all through unique indexes).
+# One statement finds the tenant, the bucket, the object and where its bytes are (all through
+# unique indexes).
 _OBJECT_FROM_SQL = (
     "SELECT " + ", ".join("o." + c.strip() for c in OBJECT_COLUMNS.split(","))
-    + " FROM tenants t JOIN buckets b ON b.tenant_id = t.id"
-    " JOIN object_versions o ON o.bucket_id = b.id WHERE t.name = ? AND b.name = ? AND o.key = ?"
+    + ", bl.location FROM tenants t JOIN buckets b ON b.tenant_id = t.id"
+    " JOIN object_versions o ON o.bucket_id = b.id"
+    " LEFT JOIN blobs bl ON bl.digest = o.digest WHERE t.name = ? AND b.name = ? AND o.key = ?"
 )
 _OBJECT_LATEST_SQL = _OBJECT_FROM_SQL + " AND o.latest = 1"
 _OBJECT_VERSION_SQL = _OBJECT_FROM_SQL + " AND o.version_id = ?"
@@ -468,13 +476,14 @@ def read_blob(conn: sqlite3.Connection, tenant: str, digest: str) -> BlobInfo:
     """One of a tenant's blobs. Raises NotFoundError."""
     tid = tenant_id(conn, tenant)
     row = conn.execute(
-        "SELECT size, content_type, attributes, created FROM tenant_blobs "
-        "WHERE tenant_id = ? AND digest = ?",
+        "SELECT t.size, t.content_type, t.attributes, t.created, b.location "
+        "FROM tenant_blobs t LEFT JOIN blobs b ON b.digest = t.digest "
+        "WHERE t.tenant_id = ? AND t.digest = ?",
         (tid, digest),
     ).fetchone()
     if row is None:
         raise NotFoundError(f"blob sha256:{digest} does not exist")
-    return BlobInfo(digest, row[0], row[1], json.loads(row[2]), row[3])
+    return BlobInfo(digest, row[0], row[1], json.loads(row[2]), row[3], location=row[4] or "")
 
 
 def read_blob_page(
@@ -505,12 +514,18 @@ def read_upload(conn: sqlite3.Connection, tenant: str, upload_id: str) -> Upload
     return UploadInfo(upload_id, row[0], row[1], json.loads(row[2]), row[3])
 
 
-def read_referenced(conn: sqlite3.Connection, digests: Iterable[str]) -> set[str]:
-    """Which of ``digests`` have a ``blobs`` row (a positive reference count)."""
+def read_referenced(conn: sqlite3.Connection, locations: Iterable[str]) -> set[str]:
+    """Which of ``locations`` a ``blobs`` row names (for files a location is the digest)."""
     return {
-        d for d in digests
-        if conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (d,)).fetchone() is not None
+        loc for loc in locations
+        if conn.execute("SELECT 1 FROM blobs WHERE location = ?", (loc,)).fetchone() is not None
     }
+
+
+def read_location_referenced(conn: sqlite3.Connection, location: str) -> bool:
+    """Whether a ``blobs`` row names ``location``."""
+    row = conn.execute("SELECT 1 FROM blobs WHERE location = ? LIMIT 1", (location,)).fetchone()
+    return row is not None
 
 
 def read_refcount(conn: sqlite3.Connection, digest: str) -> int:

@@ -30,6 +30,10 @@ Invariants:
 
 * Likewise at start-up every unreferenced blob file is garbage (no write can hold a pin yet);
   later passes rely on pins to spare the files of writes in flight.
+* A shared byte store (S3, several nodes): at start-up, too, only what is older than
+  ``temp_max_age`` is stale (unfinished multipart uploads, unreferenced objects), because
+  another node may be writing; and a pass runs only while this node holds the metadata
+  store's reaper lease (one reaper at a time across nodes; a node without it skips the pass).
 * The start-up pass runs once per process: a restarted reaper goes straight to periodic work.
   A start-up pass that fails crashes the reaper, which is retried by the supervisor (and
   escalates, failing ``run_storage``, past the restart intensity).
@@ -80,6 +84,7 @@ class ReapReport:
         blobs_kept: unreferenced-looking blob files kept (pinned by a write in flight, or
             referenced again by the time the metadata actor looked).
         startup: whether this was the start-up pass (every temp file counted as stale).
+        skipped: another node held the reaper lease, so this pass did nothing.
     """
 
     temp_files: int = 0
@@ -88,6 +93,7 @@ class ReapReport:
     blobs_reclaimed: int = 0
     blobs_kept: int = 0
     startup: bool = False
+    skipped: bool = False
 
     @property
     def removed(self) -> int:
@@ -129,19 +135,24 @@ async def reap_once(
         StorageError: a scan or delete failed, or the metadata actor is unavailable; what
             was removed before the failure stays removed, the rest waits for the next pass.
     """
-    temp_files = await storage.blobs.remove_stale_temp(temp_older_than)
-    expired = len(await storage.expire_uploads())
-    orphans = 0
-    for upload_id in await storage.orphan_upload_ids():
-        if await storage.blobs.upload_discard(upload_id):
-            orphans += 1
-    reclaimed = kept = 0
-    for digest in await storage.unreferenced_digests():
-        if await storage.reclaim_blob(digest):
-            reclaimed += 1
-        else:
-            kept += 1
-    await storage.check_space()
+    async with storage.reaper_turn() as mine:
+        if not mine:
+            return ReapReport(startup=startup, skipped=True)
+        temp_files = await storage.blobs.remove_stale_temp(temp_older_than)
+        expired = len(await storage.expire_uploads())
+        orphans = 0
+        for upload_id in await storage.orphan_upload_ids():
+            if await storage.blobs.upload_discard(upload_id):
+                orphans += 1
+        reclaimed = kept = 0
+        # Files are spared by pins; a shared store's other writers only by their age.
+        unreferenced_age = temp_older_than if storage.blobs.shared else 0.0
+        for location in await storage.unreferenced_digests(unreferenced_age):
+            if await storage.reclaim_blob(location):
+                reclaimed += 1
+            else:
+                kept += 1
+        await storage.check_space()
     return ReapReport(temp_files, expired, orphans, reclaimed, kept, startup)
 
 
@@ -167,7 +178,9 @@ class ReaperActor(Actor):
         state = self._state
         if not state.startup_pending:
             return
-        report = await reap_once(self._storage, temp_older_than=0.0, startup=True)
+        shared = self._storage.blobs.shared
+        report = await reap_once(self._storage, startup=True,
+                                 temp_older_than=state.temp_max_age if shared else 0.0)
         state.startup_pending = False
         if report.removed:
             logger.info("start-up reaper pass: %s", report)

@@ -300,9 +300,10 @@ class SpaceGuard:
     def __init__(
         self, data_dir: pathlib.Path, policy: SpacePolicy, *, total_bytes: int,
         check_interval: float = 1.0, fsync: bool = True,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, metered: bool = True,
     ) -> None:
         self.policy = policy
+        self.metered = metered
         self.ballast_path = pathlib.Path(data_dir) / BALLAST_NAME
         self._dir = pathlib.Path(data_dir)
         self._total = total_bytes
@@ -346,6 +347,13 @@ class SpaceGuard:
                            "space is freed", policy.ballast_bytes, data_dir)
         return guard
 
+    @classmethod
+    def unmetered(cls) -> SpaceGuard:
+        """A guard for a byte store that is not a local disk (S3): no floor, no ballast, no
+        measurement; it admits every write and its statistics stay zero."""
+        return cls(pathlib.Path("."), SpacePolicy(ballast_bytes=0, min_free_bytes=0),
+                   total_bytes=0, metered=False)
+
     # -- measuring
 
     def invalidate(self) -> None:
@@ -367,6 +375,8 @@ class SpaceGuard:
         Raises:
             StorageIOError: ``statvfs`` or the ballast's creation failed.
         """
+        if not self.metered:
+            return 0
         age = self._interval if max_age is None else max_age
         if not force and self._fresh(age):
             return self._effective()
@@ -448,7 +458,7 @@ class SpaceGuard:
         """A storage operation failed with ``exc`` (a :class:`StorageFullError`): if it came
         from the disk (:func:`hit_enospc`; ``None`` counts as such), release the ballast at
         once and measure again; a refusal by the floor changes nothing. Never raises."""
-        if exc is not None and not hit_enospc(exc):
+        if not self.metered or (exc is not None and not hit_enospc(exc)):
             return
         self.invalidate()
         with trio.CancelScope(shield=True):

@@ -28,9 +28,10 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import secrets
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -48,7 +49,8 @@ from . import _metadata as m
 from ._metadata_actor import ReclaimBlob, Sync
 from . import _queries as q
 from . import _validation as v
-from ._blobs import BlobReader, BlobStore
+from ._backends import DB_NAME
+from ._seams import ByteReader, ByteStore, MetadataBackend, MetadataReads
 from ._errors import (
     AlreadyExistsError,
     ChecksumMismatchError,
@@ -90,16 +92,20 @@ __all__ = [
     "UploadState",
 ]
 
-DB_NAME = "meta.sqlite3"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 @attrs.frozen(kw_only=True)
 class StorageConfig:
-    """Configuration of the embedded storage (SQLite + local files under ``data_dir``).
+    """Configuration of storage: SQLite + local files under ``data_dir`` by default, or
+    PostgreSQL and an S3-compatible bucket shared by several nodes (see ``_backends``).
 
     Args:
-        data_dir: root of ``meta.sqlite3``, ``blobs/``, ``tmp/`` and ``uploads/``.
+        data_dir: root of ``meta.sqlite3``, ``blobs/``, ``tmp/`` and ``uploads/`` (unused when
+            both ``metadata_url`` and ``blob_url`` are set).
+        metadata_url: ``postgresql://USER@HOST:PORT/DB`` for PostgreSQL; empty: SQLite.
+        blob_url: ``s3://BUCKET[/PREFIX]`` for an S3-compatible store; empty: files.
+        s3_endpoint: the S3 endpoint URL (empty: AWS's own); s3_region: its region.
         max_object_size: largest object or blob in bytes (``None``: no limit).
         upload_ttl: seconds an unfinished upload stays resumable after its last activity.
         fsync: fsync blob files (turn off only for throwaway test data).
@@ -123,6 +129,10 @@ class StorageConfig:
     """
 
     data_dir: pathlib.Path = attrs.field(converter=pathlib.Path)
+    metadata_url: str = ""
+    blob_url: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
     max_object_size: int | None = 5 << 30
     upload_ttl: float = 24 * 3600.0
     fsync: bool = True
@@ -185,17 +195,18 @@ class Storage:
 
     Built by :func:`run_storage`; every method may raise :class:`StorageUnavailableError`
     (retryable) when the metadata actor is down. All byte streams returned are
-    :class:`BlobReader` objects: async iterators of chunks of at most 1 MiB, closed by
+    :class:`~._seams.ByteReader` objects: async iterators of chunks of at most 1 MiB, closed by
     exhausting them or with ``async with`` / ``aclose()``.
     """
 
     def __init__(
-        self, config: StorageConfig, *, metadata: ActorRef, reader: MetadataReader,
-        blobs: BlobStore, token_secret: bytes, clock: Callable[[], float],
-        supervisor: Supervisor, space: SpaceGuard,
+        self, config: StorageConfig, *, metadata: ActorRef, reader: MetadataReads,
+        blobs: ByteStore, token_secret: bytes, clock: Callable[[], float],
+        supervisor: Supervisor, space: SpaceGuard, backend: MetadataBackend | None = None,
     ) -> None:
         self.config = config
         self.blobs = blobs
+        self.backend = backend
         self.space = space
         self._meta = metadata
         self._reader = reader
@@ -233,12 +244,39 @@ class Storage:
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._reader.run(fn, *args)
 
-    async def _reclaim_quietly(self, digest: str) -> None:
+    async def _reclaim_quietly(self, location: str) -> None:
         with trio.CancelScope(shield=True):
             try:
-                await self._write(ReclaimBlob(digest))
+                await self._write(ReclaimBlob(location))
             except StorageError:
                 pass  # left for the reaper
+
+    async def ping(self) -> None:
+        """One round trip to the metadata store (health checks).
+
+        Raises:
+            StorageUnavailableError: it cannot be reached.
+        """
+        await self._read(q.read_setting, "page_token_secret")
+
+    @contextlib.asynccontextmanager
+    async def reaper_turn(self) -> AsyncIterator[bool]:
+        """``async with storage.reaper_turn() as mine:``: whether this node may run a reaper
+        pass now (always, unless the metadata store is shared, where one node at a time holds
+        its lease for the length of the pass)."""
+        lease = self.backend.reaper_lease() if self.backend is not None else None
+        if lease is None:
+            yield True
+            return
+        try:
+            held = await trio.to_thread.run_sync(lease.acquire)
+        except StorageError:
+            held = False
+        try:
+            yield held
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lease.release)
 
     def statistics(self) -> SupervisorStats:
         """The storage supervisor's statistics (restarts, mailbox depth, state)."""
@@ -395,11 +433,16 @@ class Storage:
                     stored: ObjectInfo = await self._write(m.CommitPut(
                         tenant, bucket, raw_key, written.digest, written.size,
                         content_type or DEFAULT_CONTENT_TYPE, meta, if_none_match, self._clock(),
+                        written.location,
                     ))
             except BaseException:
                 if written.created:
-                    await self._reclaim_quietly(written.digest)
+                    await self._reclaim_quietly(written.location)
                 raise
+            if stored.location != written.location:
+                # The content was stored already (elsewhere in a shared store): these bytes
+                # are a duplicate nobody references.
+                await self._reclaim_quietly(written.location)
         return PutResult(stored.etag, stored.version_id, stored.size)
 
     async def head_object(
@@ -417,7 +460,7 @@ class Storage:
     async def get_object(
         self, tenant: str, bucket: str, key: str, *, version_id: str | None = None,
         start: int = 0, end: int | None = None,
-    ) -> tuple[ObjectInfo, BlobReader]:
+    ) -> tuple[ObjectInfo, ByteReader]:
         """An object's info and a stream of ``[start, end)`` of its bytes (``end`` exclusive,
         clamped; ``None``: to the end). ``info.size`` is the whole object's size.
 
@@ -433,7 +476,7 @@ class Storage:
             info = await self._read(q.read_object, tenant, bucket, raw_key, version_id or None)
             lo, hi = v.resolve_range(start, end, info.size)
             try:
-                return info, await self.blobs.open_range(info.etag, lo, hi)
+                return info, await self.blobs.open_range(info.location or info.etag, lo, hi)
             except NotFoundError:
                 continue  # replaced and reclaimed between lookup and open: look it up again
         raise StorageIOError(f"the bytes of {key!r} are missing from the blob store")
@@ -539,7 +582,7 @@ class Storage:
 
     async def get_blob(
         self, tenant: str, key: bytes | str, *, start: int = 0, end: int | None = None
-    ) -> tuple[BlobInfo, BlobReader]:
+    ) -> tuple[BlobInfo, ByteReader]:
         """A blob's metadata and a stream of ``[start, end)`` (ranges as for objects);
         ``reader.start`` is the absolute offset of the first chunk.
 
@@ -550,7 +593,7 @@ class Storage:
         v.check_range(start, end)
         info = await self._read(q.read_blob, tenant, digest)
         lo, hi = v.resolve_range(start, end, info.size)
-        return info, await self.blobs.open_range(digest, lo, hi)
+        return info, await self.blobs.open_range(info.location or digest, lo, hi)
 
     async def delete_blob(self, tenant: str, key: bytes | str) -> None:
         """Remove a tenant's blob (bytes are reclaimed once no one references them).
@@ -707,13 +750,15 @@ class Storage:
                 async with watching(self.space):
                     blob, dedup = await self._write(
                         m.CompleteUpload(tenant, upload_id, written.digest, written.size,
-                                         self._clock())
+                                         self._clock(), written.location)
                     )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._forget_upload(tenant, upload_id)
-                await self._reclaim_quietly(written.digest)
+                await self._reclaim_quietly(written.location)
             raise
+        if blob.location and blob.location != written.location:
+            await self._reclaim_quietly(written.location)  # a duplicate of stored bytes
         return CompletedUpload(v.format_blob_key(blob.digest), written.size, dedup)
 
     async def _forget_upload(self, tenant: str, upload_id: str) -> None:
@@ -743,12 +788,16 @@ class Storage:
             await self.blobs.upload_discard(upload_id)
         return list(ids)
 
-    async def unreferenced_digests(self) -> list[str]:
-        """Digests of files in the blob store that no metadata references (candidates for
-        :meth:`reclaim_blob`; an in-flight write's file may appear here, and is pinned)."""
-        on_disk = await trio.to_thread.run_sync(lambda: list(self.blobs.iter_digests()))
-        referenced = await self._read(q.read_referenced, on_disk)
-        return [d for d in on_disk if d not in referenced]
+    async def unreferenced_digests(self, older_than: float = 0.0) -> list[str]:
+        """Locations in the byte store (for files: digests) written more than ``older_than``
+        seconds ago that no metadata references: candidates for :meth:`reclaim_blob`. An
+        in-flight write of this process may appear here, and is pinned; one of another node
+        (a shared store) is younger than the ``older_than`` the reaper passes."""
+        stored = await trio.to_thread.run_sync(
+            lambda: list(self.blobs.iter_locations(older_than))
+        )
+        referenced = await self._read(q.read_referenced, stored)
+        return [loc for loc in stored if loc not in referenced]
 
     async def orphan_upload_ids(self) -> list[str]:
         """Ids of upload files that have no session row (garbage: rows come first)."""
@@ -756,9 +805,12 @@ class Storage:
         known = await self._read(q.read_upload_ids)
         return [u for u in on_disk if u not in known]
 
-    async def reclaim_blob(self, digest: str) -> bool:
-        """Delete ``digest``'s file if it is unreferenced and unpinned; returns whether deleted."""
-        return await self._write(ReclaimBlob(v.validate_digest(digest)))
+    async def reclaim_blob(self, location: str) -> bool:
+        """Delete the bytes at ``location`` (for files: a digest) if unreferenced and
+        unpinned; returns whether deleted."""
+        if not self.blobs.shared:
+            location = v.validate_digest(location)
+        return await self._write(ReclaimBlob(location))
 
     async def sync(self) -> None:
         """Wait until the follow-up work of every write answered so far is done: a put that
