@@ -67,7 +67,7 @@ from .storage import (
 )
 from .storage import _metadata as m
 from .storage import _queries as q
-from .storage._store import DB_NAME
+from .storage._backends import DB_NAME, is_metadata_url
 
 __all__ = [
     "Admin",
@@ -175,6 +175,13 @@ class Admin:
             StorageUnavailableError: the database stayed locked. StorageError: it cannot be
             used (not a database, written by a newer version, unreadable).
         """
+        if is_metadata_url(data_dir):
+            from .storage._postgres import PostgresBackend
+
+            backend = PostgresBackend(str(data_dir))
+            await trio.to_thread.run_sync(backend.prepare)
+            writer = await trio.to_thread.run_sync(backend.open_writer)
+            return cls(writer, scrypt=scrypt, clock=clock)
         path = pathlib.Path(data_dir).expanduser() / DB_NAME
         writer = await retry(BUSY_RETRY, trio.to_thread.run_sync, _open_writer, path,
                              on=StorageUnavailableError)
@@ -198,7 +205,7 @@ class Admin:
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         def run() -> T:
             try:
-                return fn(self._writer.conn, *args)
+                return self._writer.read(fn, *args)
             except sqlite3.Error as exc:
                 raise StorageError(f"metadata database error: {exc}") from exc
         return await trio.to_thread.run_sync(run)

@@ -34,6 +34,7 @@ import trio
 from . import _admin
 from ._config import Config, ConfigError, parse_listen
 from ._server import ServerError, serve
+from .storage._backends import redact_url
 from .auth import InvalidScopeError
 from .storage import (
     AlreadyExistsError,
@@ -93,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server on a data dir")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
     serve.add_argument("--data-dir", metavar="DIR", help="data dir (default ./anvil-data)")
+    serve.add_argument("--metadata-url", metavar="URL",
+                       help="postgresql://USER@HOST:PORT/DB: metadata in PostgreSQL "
+                            "(default: SQLite under the data dir)")
+    serve.add_argument("--blob-url", metavar="URL",
+                       help="s3://BUCKET[/PREFIX]: bytes in an S3-compatible store "
+                            "(default: files under the data dir)")
+    serve.add_argument("--s3-endpoint", metavar="URL",
+                       help="S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS)")
+    serve.add_argument("--s3-region", metavar="REGION", help="S3 region (default us-east-1)")
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:50051; port 0: any free)")
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (turns TLS on)")
@@ -109,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin", help="manage tenants, apps and policies")
     admin.add_argument("--data-dir", metavar="DIR",
                        help="data dir (default: the --config file's, else ./anvil-data)")
-    admin.add_argument("--config", metavar="FILE", help="take the data dir from this TOML file")
+    admin.add_argument("--metadata-url", metavar="URL",
+                       help="postgresql://USER@HOST:PORT/DB: manage the PostgreSQL metadata "
+                            "store that scale-out nodes share (instead of a data dir)")
+    admin.add_argument("--config", metavar="FILE",
+                       help="take the data dir (or metadata_url) from this TOML file")
     areas = admin.add_subparsers(dest="area", required=True, metavar="AREA",
                                  parser_class=_Parser)
 
@@ -172,6 +186,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     changes: dict[str, Any] = {}
     if args.data_dir is not None:
         changes["data_dir"] = args.data_dir
+    for name in ("metadata_url", "blob_url", "s3_endpoint", "s3_region"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     if args.listen is not None:
         changes["host"], changes["port"] = parse_listen(args.listen)
     for name in ("tls_cert", "tls_key", "tls_client_ca"):
@@ -192,11 +209,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-def _admin_data_dir(args: argparse.Namespace) -> os.PathLike[str]:
+def _admin_data_dir(args: argparse.Namespace) -> os.PathLike[str] | str:
+    """Where the admin commands work: ``--metadata-url`` (or the TOML file's
+    ``metadata_url``), else the data dir."""
+    if args.metadata_url:
+        return Config(metadata_url=args.metadata_url).metadata_url
     if args.data_dir is not None:
         return Config(data_dir=args.data_dir).data_dir
     if args.config:
-        return Config.from_toml(args.config).data_dir
+        config = Config.from_toml(args.config)
+        return config.metadata_url or config.data_dir
     return Config().data_dir
 
 
@@ -293,9 +315,21 @@ async def serve_until_signalled(
             if port is not None:
                 address = _format_address(config.host, port)
                 tls = ", TLS" if config.tls else ""
-                print(f"{PROG} listening on {address} (data dir {config.data_dir}{tls})",
+                print(f"{PROG} listening on {address} ({_where(config)}{tls})",
                       file=out, flush=True)
     return EXIT_OK
+
+
+def _where(config: Config) -> str:
+    """Where the server keeps its data, for the start line (no password)."""
+    parts = []
+    if config.metadata_url:
+        parts.append(f"metadata {redact_url(config.metadata_url)}")
+    if config.blob_url:
+        parts.append(f"bytes {config.blob_url}")
+    if not (config.metadata_url and config.blob_url):
+        parts.insert(0, f"data dir {config.data_dir}")
+    return ", ".join(parts)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

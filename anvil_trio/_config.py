@@ -33,6 +33,18 @@ def _not_below_backoff_max(instance: Any, attribute: attrs.Attribute, value: flo
         raise ValueError(f"{attribute.name} must be at least token_backoff_max, got {value!r}")
 
 
+def _metadata_url(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("metadata_url must be a postgresql://USER@HOST:PORT/DB URL "
+                          "(or absent for SQLite under the data dir)")
+
+
+def _blob_url(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value and (not value.startswith("s3://") or len(value) <= len("s3://")):
+        raise ConfigError("blob_url must be an s3://BUCKET[/PREFIX] URL "
+                          "(or absent for files under the data dir)")
+
+
 def _path(value: Any) -> pathlib.Path:
     return pathlib.Path(value).expanduser()
 
@@ -50,7 +62,17 @@ class Config:
     """Everything ``serve()`` needs. All fields have defaults that run a local server.
 
     Attributes:
-        data_dir: SQLite database, blobs, keys and upload files live under it.
+        data_dir: SQLite database, blobs, keys and upload files live under it (unused when
+            both ``metadata_url`` and ``blob_url`` are set).
+        metadata_url: ``postgresql://USER@HOST:PORT/DB``: metadata (and the JWT keys) in
+            PostgreSQL, shared by every node; empty: SQLite under ``data_dir``.
+        blob_url: ``s3://BUCKET[/PREFIX]``: bytes in an S3-compatible bucket shared by every
+            node; empty: files under ``data_dir``. Credentials come from the standard AWS
+            environment variables or shared credentials file, never from this config.
+        s3_endpoint: the S3 endpoint URL (SeaweedFS, MinIO, Ceph RGW); empty: AWS.
+        s3_region: the S3 region.
+        health_probe_interval: seconds between the checks that the metadata store answers;
+            health reports ``NOT_SERVING`` while it does not.
         host, port: where to listen; port 0 picks a free port (reported by ``serve``).
         reuse_port: set SO_REUSEPORT on the listening socket (off by default).
         tls_cert, tls_key: PEM files; both set turns TLS on (ALPN h2).
@@ -122,6 +144,11 @@ class Config:
     """
 
     data_dir: pathlib.Path = attrs.field(default=pathlib.Path("anvil-data"), converter=_path)
+    metadata_url: str = attrs.field(default="", validator=_metadata_url)
+    blob_url: str = attrs.field(default="", validator=_blob_url)
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    health_probe_interval: float = attrs.field(default=2.0, validator=_positive)
     host: str = "127.0.0.1"
     port: int = attrs.field(default=50051, validator=attrs.validators.and_(
         attrs.validators.ge(0), attrs.validators.le(65535)))

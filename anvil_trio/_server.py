@@ -54,7 +54,7 @@ from .rpc._auth_service import StorageAppStore
 from .rpc._common import ServiceContext, bearer_authenticator
 from .rpc._status import exception_leaves
 from .rpc._services import build_servicers
-from .storage import Storage, StorageConfig, run_storage
+from .storage import Storage, StorageConfig, StorageError, run_storage
 
 __all__ = [
     "Server",
@@ -92,6 +92,10 @@ def storage_config(config: Config) -> StorageConfig:
     """
     return StorageConfig(
         data_dir=config.data_dir,
+        metadata_url=config.metadata_url,
+        blob_url=config.blob_url,
+        s3_endpoint=config.s3_endpoint,
+        s3_region=config.s3_region,
         max_object_size=config.max_object_bytes,
         upload_ttl=config.upload_expiry,
         reaper_interval=config.reaper_interval,
@@ -256,6 +260,8 @@ class Server:
             if monitor is not None:
                 nursery.start_soon(_watch_key_file, monitor, auth, config.key_poll_interval)
             self.health.set_serving(True)
+            nursery.start_soon(_probe_metadata, storage, self.health,
+                               config.health_probe_interval)
             log.info("serving on %s port %d", config.host, self.port)
             task_status.started(self.port)
             if self._stopping:  # stop() came while starting: honour it now
@@ -290,6 +296,32 @@ async def _load_keys(config: Config) -> tuple[KeyRing, KeyFileMonitor | None]:
         return ring
 
     return await trio.to_thread.run_sync(load), monitor
+
+
+async def _probe_metadata(storage: Storage, health: HealthState, interval: float) -> None:
+    """Every ``interval`` seconds (``Schedule.spaced``), one round trip to the metadata store,
+    bounded by the same interval: health says ``NOT_SERVING`` while it fails (a node that
+    cannot reach PostgreSQL cannot serve), ``SERVING`` again once it answers."""
+    driver = Schedule.spaced(interval).driver()
+    reachable = True
+    while True:
+        decision = driver.next(None, now=trio.current_time())
+        if isinstance(decision, Done) or not math.isfinite(decision.at):
+            return
+        await trio.sleep_until(decision.at)
+        try:
+            with trio.fail_after(interval):
+                await storage.ping()
+            ok = True
+        except (StorageError, trio.TooSlowError) as exc:
+            ok = False
+            if reachable:
+                log.warning("metadata store unreachable; health is NOT_SERVING: %s", exc)
+        if ok and not reachable:
+            log.info("metadata store reachable again; health is SERVING")
+        if ok != reachable:
+            health.set_serving(ok)
+        reachable = ok
 
 
 async def _watch_key_file(monitor: KeyFileMonitor, auth: Authenticator, interval: float) -> None:

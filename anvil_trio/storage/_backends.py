@@ -27,7 +27,15 @@ if TYPE_CHECKING:
     from ._faults import FaultInjector
     from ._store import StorageConfig
 
-__all__ = ["DB_NAME", "SqliteBackend", "open_byte_store", "open_metadata_backend", "uses_data_dir"]
+__all__ = [
+    "DB_NAME",
+    "SqliteBackend",
+    "is_metadata_url",
+    "open_byte_store",
+    "open_metadata_backend",
+    "redact_url",
+    "uses_data_dir",
+]
 
 DB_NAME = "meta.sqlite3"
 
@@ -57,6 +65,20 @@ class SqliteBackend:
     def reaper_lease(self) -> None:
         """None: one process owns the data dir, so its reaper needs no lease."""
         return None
+
+
+def is_metadata_url(where: object) -> bool:
+    """Whether ``where`` (a data dir, or a URL given instead of one) names PostgreSQL."""
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for logs and messages)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def uses_data_dir(config: StorageConfig) -> bool:

@@ -354,6 +354,12 @@ class MetadataWriter:
         """Close the connection."""
         self.conn.close()
 
+    def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` (a read function of ``_queries``) in one read transaction
+        on the writer's own connection (the admin tool's reads)."""
+        with transaction(self.conn, write=False) as conn:
+            return fn(conn, *args)
+
     def location_referenced(self, location: str) -> bool:
         """Whether any ``blobs`` row names ``location`` (a read of the committed state)."""
         with transaction(self.conn, write=False) as conn:
