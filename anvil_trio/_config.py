@@ -87,6 +87,9 @@ class Config:
         max_object_bytes: largest object or blob; None means no limit.
         upload_expiry: seconds an unfinished upload stays resumable after its last activity.
         reaper_interval: seconds between reaper passes.
+        temp_max_age: seconds after which what an unfinished write left (part files; with
+            ``blob_url``, unfinished multipart uploads and unreferenced objects, which another
+            node may still be writing) counts as abandoned and is removed by the reaper.
         direct_io: write new blob files past the page cache (``O_DIRECT``) where the file
             system allows it: far less CPU per byte for large uploads; the first read of a
             fresh blob then comes from the disk.
@@ -164,6 +167,7 @@ class Config:
     max_object_bytes: int | None = None
     upload_expiry: float = attrs.field(default=24 * 3600.0, validator=_positive)
     reaper_interval: float = attrs.field(default=60.0, validator=_positive)
+    temp_max_age: float = attrs.field(default=3600.0, validator=_non_negative)
     direct_io: bool = True
     ballast_bytes: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))

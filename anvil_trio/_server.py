@@ -99,6 +99,7 @@ def storage_config(config: Config) -> StorageConfig:
         max_object_size=config.max_object_bytes,
         upload_ttl=config.upload_expiry,
         reaper_interval=config.reaper_interval,
+        temp_max_age=config.temp_max_age,
         direct_io=config.direct_io,
         ballast_bytes=config.ballast_bytes,
         min_free_bytes=config.min_free_bytes,

@@ -12,9 +12,10 @@ or a ``conftest.py``: ``from anvil_trio.testing import anvil_server``).
 Invariants:
 
 * The server is the real one (:class:`~anvil_trio.Server` running ``serve``'s code): real
-  SQLite and fsynced files under a temporary data dir, real sockets, the real auth service. The
-  only test-specific choices are the address (``127.0.0.1``, port 0), a short drain grace
-  (1 s) and cheap scrypt parameters for the secrets of the apps it creates.
+  SQLite and fsynced files under a temporary data dir (or, inside :func:`backend_overrides`,
+  whatever backends it names, e.g. a real PostgreSQL and S3 store), real sockets, the real auth
+  service. The only test-specific choices are the address (``127.0.0.1``, port 0), a short
+  drain grace (1 s) and cheap scrypt parameters for the secrets of the apps it creates.
 * The default token is obtained through ``AuthService.GetAccessToken`` over the wire, like any
   client would; apps and tenants are created through the storage façade, like the admin CLI.
 * Leaving the context drains the server and stops storage; a server that failed meanwhile
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import pathlib
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -54,6 +55,7 @@ __all__ = [
     "TEST_SCRYPT",
     "TestServer",
     "anvil_server",
+    "backend_overrides",
     "bearer",
     "code_of",
     "config_for_tests",
@@ -277,10 +279,28 @@ class TestServer:
             yield channel
 
 
+_BACKEND_OVERRIDES: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def backend_overrides(values: Mapping[str, Any]) -> Iterator[None]:
+    """Inside, every :func:`config_for_tests` starts from ``values`` too (e.g.
+    ``{"metadata_url": ..., "blob_url": ..., "s3_endpoint": ...}``), so a whole suite runs
+    against another backend; the previous values are put back on leaving."""
+    saved = dict(_BACKEND_OVERRIDES)
+    _BACKEND_OVERRIDES.clear()
+    _BACKEND_OVERRIDES.update(values)
+    try:
+        yield
+    finally:
+        _BACKEND_OVERRIDES.clear()
+        _BACKEND_OVERRIDES.update(saved)
+
+
 def config_for_tests(tmp_path: str | pathlib.Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """The configuration of a test server: data under ``tmp_path/anvil-data``, 127.0.0.1,
-    port 0, a 1 s drain grace, a 1 MiB disk ballast (test suites start many servers);
-    ``overrides`` (Config field names) win."""
+    port 0, a 1 s drain grace, a 1 MiB disk ballast (test suites start many servers), the
+    backends of :func:`backend_overrides`; ``overrides`` (Config field names) win."""
     values: dict[str, Any] = {
         "data_dir": pathlib.Path(tmp_path) / "anvil-data",
         "host": "127.0.0.1",
@@ -288,6 +308,7 @@ def config_for_tests(tmp_path: str | pathlib.Path, overrides: Mapping[str, Any] 
         "grace_period": TEST_GRACE_PERIOD,
         "ballast_bytes": 1 << 20,
     }
+    values.update(_BACKEND_OVERRIDES)
     values.update(overrides or {})
     return Config(**values)
 
