@@ -79,6 +79,9 @@ class Lane:
                 self._token.run_sync_soon(self._step_done, exc)
             else:
                 self._token.run_sync_soon(self._step_done, None)
+            # An idle lane must not keep its last step's buffers alive (the memory bound
+            # counts only the batches in flight).
+            del step, fn, args
 
     def _thread_exited(self, _outcome: object) -> None:
         self._token.run_sync_soon(self._exited.set)
