@@ -1,4 +1,9 @@
-"""Tests for the SQLite metadata layer: migrations, the single writer's transactions, reads."""
+"""Tests for the metadata layer: migrations, the single writer's transactions, reads.
+
+Every test runs on both implementations of the metadata seam (``store``: SQLite in a temp dir,
+PostgreSQL in a fresh database), except those about SQLite's own machinery (inline point
+reads, busy handling), marked ``sqlite_only``. Cross-node behaviour is in ``test_postgres``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 import trio
 from hypothesis import given, settings
@@ -19,6 +25,8 @@ from anvil_trio.storage import (
     StorageError,
 )
 from anvil_trio.storage import _metadata as m
+from anvil_trio.storage import _postgres as pg
+from anvil_trio.storage._backends import SqliteBackend
 from anvil_trio.storage._metadata_actor import MetadataActor, Sync
 from anvil_trio.storage import _queries as q
 
@@ -26,9 +34,108 @@ D1 = "1" * 64
 D2 = "2" * 64
 
 
+# -- the two stores -------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """A SQLite metadata file in the test's temp dir."""
+
+    kind = "sqlite"
+    migrations = m.MIGRATIONS
+    begin_write = "BEGIN IMMEDIATE"
+    read_only_error: type[BaseException] = sqlite3.OperationalError
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.backend = SqliteBackend(path)
+
+    def writer(self, cls: type | None = None):
+        return (cls or m.MetadataWriter)(self.path)
+
+    def reader(self, **kwargs):
+        return q.MetadataReader(self.path, **kwargs)
+
+    def connect(self):
+        return q.connect(self.path)
+
+    def migrate(self, conn, migrations):
+        return m.migrate(conn, migrations)
+
+    def version(self, conn) -> int:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def set_version(self, conn, version: int) -> None:
+        conn.execute(f"PRAGMA user_version = {version}")
+
+    def has_table(self, conn, name: str) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+
+class PgStore:
+    """A fresh PostgreSQL database."""
+
+    kind = "postgres"
+    begin_write = "BEGIN"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.backend = pg.PostgresBackend(url)
+        self.migrations = pg.PG_MIGRATIONS
+        self.read_only_error = psycopg.errors.ReadOnlySqlTransaction
+
+    def writer(self, cls: type | None = None):
+        return (cls or pg.PostgresWriter)(self.backend)
+
+    def reader(self, **kwargs):
+        return pg.PostgresReader(self.backend, **kwargs)
+
+    def connect(self):
+        return self.backend.connect()
+
+    def migrate(self, conn, migrations):
+        return pg.pg_migrate(conn, migrations)
+
+    def version(self, conn) -> int:
+        return conn.execute("SELECT version FROM anvil_schema").fetchone()[0]
+
+    def set_version(self, conn, version: int) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS anvil_schema (version INTEGER NOT NULL)")
+        conn.execute("DELETE FROM anvil_schema")
+        conn.execute("INSERT INTO anvil_schema (version) VALUES (%s)", (version,))
+
+    def has_table(self, conn, name: str) -> bool:
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    def reset(self) -> None:
+        """Empty every table (a database reused between hypothesis examples; DELETE is much
+        cheaper than TRUNCATE on tables this small)."""
+        raw = self.connect()
+        try:
+            with raw.transaction():
+                for table in ("grants", "apps", "tenant_blobs", "uploads", "object_versions",
+                              "blobs", "buckets", "tenants"):
+                    raw.execute(f"DELETE FROM {table}")
+        finally:
+            raw.close()
+
+
+STORES = ["sqlite", "postgres"]
+
+#: For a test about SQLite's own machinery: run it on the SQLite store only.
+sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=STORES)
+def store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "meta.sqlite3")
+    return PgStore(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def writer(tmp_path: Path):
-    w = m.MetadataWriter(tmp_path / "meta.sqlite3")
+def writer(store):
+    w = store.writer()
     w.apply(m.CreateTenant("acme", None, 1.0))
     w.apply(m.CreateBucket("acme", "bkt", True, 1.0))
     w.apply(m.CreateBucket("acme", "flat", False, 1.0))
@@ -38,6 +145,9 @@ def writer(tmp_path: Path):
 
 def read(w: m.MetadataWriter, fn, *args, **kwargs):
     """Run a read function on a fresh read-only connection, in one read transaction."""
+    backend = getattr(w, "backend", None)
+    if backend is not None:  # PostgreSQL: a fresh connection, one read-only snapshot
+        return backend.run_read(fn, *args, **kwargs)
     conn = q.connect(Path(w.conn.execute("PRAGMA database_list").fetchone()[2]), read_only=True)
     try:
         with q.transaction(conn, write=False):
@@ -60,10 +170,19 @@ def used(w, tenant: str = "acme") -> int:
     return read(w, q.read_tenant, tenant).used_bytes
 
 
-def test_fresh_database_is_migrated(tmp_path: Path) -> None:
+def test_fresh_database_is_migrated(store) -> None:
     """A new file gets every migration, WAL mode, foreign keys and a 32-byte token secret."""
-    w = m.MetadataWriter(tmp_path / "meta.sqlite3")
+    w = store.writer()
     conn = w.conn
+    if store.kind == "postgres":
+        assert store.version(conn) == len(store.migrations)
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"tenants", "apps", "grants", "buckets", "object_versions", "blobs",
+                "tenant_blobs", "uploads", "settings"} <= tables
+        assert len(read(w, q.read_setting, "page_token_secret")) == 32
+        w.close()
+        return
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(m.MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -75,23 +194,21 @@ def test_fresh_database_is_migrated(tmp_path: Path) -> None:
     w.close()
 
 
-def test_existing_database_keeps_data_and_secret(tmp_path: Path) -> None:
+def test_existing_database_keeps_data_and_secret(store) -> None:
     """Reopening an up-to-date database migrates nothing and keeps rows and the secret."""
-    path = tmp_path / "meta.sqlite3"
-    w = m.MetadataWriter(path)
+    w = store.writer()
     w.apply(m.CreateTenant("acme", 10, 1.0))
     secret = read(w, q.read_setting, "page_token_secret")
     w.close()
-    w2 = m.MetadataWriter(path)
+    w2 = store.writer()
     assert read(w2, q.read_tenant, "acme") == q.TenantInfo("acme", 10, 0)
     assert read(w2, q.read_setting, "page_token_secret") == secret
     w2.close()
 
 
-def test_new_migration_applies_to_existing_database(tmp_path: Path) -> None:
+def test_new_migration_applies_to_existing_database(store) -> None:
     """A later migration runs once on an existing database, in order, keeping its data."""
-    path = tmp_path / "meta.sqlite3"
-    w = m.MetadataWriter(path)
+    w = store.writer()
     w.apply(m.CreateTenant("acme", None, 1.0))
     w.close()
     calls = []
@@ -100,39 +217,38 @@ def test_new_migration_applies_to_existing_database(tmp_path: Path) -> None:
         calls.append(1)
         conn.execute("ALTER TABLE tenants ADD COLUMN note TEXT NOT NULL DEFAULT 'x'")
 
-    conn = q.connect(path)
-    assert m.migrate(conn, (*m.MIGRATIONS, add_column)) == len(m.MIGRATIONS) + 1
-    assert m.migrate(conn, (*m.MIGRATIONS, add_column)) == len(m.MIGRATIONS) + 1
+    conn = store.connect()
+    migrations = store.migrations
+    assert store.migrate(conn, (*migrations, add_column)) == len(migrations) + 1
+    assert store.migrate(conn, (*migrations, add_column)) == len(migrations) + 1
     assert calls == [1]
     assert conn.execute("SELECT name, note FROM tenants").fetchall() == [("acme", "x")]
     conn.close()
 
 
-def test_failed_migration_rolls_back(tmp_path: Path) -> None:
+def test_failed_migration_rolls_back(store) -> None:
     """A migration that fails leaves neither its changes nor a version bump behind."""
-    path = tmp_path / "meta.sqlite3"
-    m.MetadataWriter(path).close()
+    store.writer().close()
 
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
-    conn = q.connect(path)
+    conn = store.connect()
     with pytest.raises(RuntimeError):
-        m.migrate(conn, (*m.MIGRATIONS, broken))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(m.MIGRATIONS)
-    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name='half_done'").fetchone() is None
+        store.migrate(conn, (*store.migrations, broken))
+    assert store.version(conn) == len(store.migrations)
+    assert not store.has_table(conn, "half_done")
     conn.close()
 
 
-def test_newer_database_is_refused(tmp_path: Path) -> None:
+def test_newer_database_is_refused(store) -> None:
     """A database written by a newer schema is refused rather than misread."""
-    path = tmp_path / "meta.sqlite3"
-    conn = q.connect(path)
-    conn.execute(f"PRAGMA user_version = {len(m.MIGRATIONS) + 5}")
+    conn = store.connect()
+    store.set_version(conn, len(store.migrations) + 5)
     conn.close()
     with pytest.raises(StorageError, match="newer"):
-        m.MetadataWriter(path)
+        store.writer()
 
 
 def test_tenants_apps_and_grants(writer: m.MetadataWriter) -> None:
@@ -281,18 +397,17 @@ def test_list_pages_bytewise_with_delimiter(writer: m.MetadataWriter) -> None:
     assert seen_prefixes == ["a/", "c/"]
 
 
-async def test_reads_do_not_wait_for_the_writer(writer: m.MetadataWriter) -> None:
+async def test_reads_do_not_wait_for_the_writer(store, writer: m.MetadataWriter) -> None:
     """A read completes while the writer holds an open write transaction, and is query_only."""
-    path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
-    reader = q.MetadataReader(path, max_connections=2)
-    writer.conn.execute("BEGIN IMMEDIATE")
+    reader = store.reader(max_connections=2)
+    writer.conn.execute(store.begin_write)
     writer.conn.execute("UPDATE tenants SET used_bytes = 99")
     try:
         with trio.fail_after(5):
             assert (await reader.run(q.read_tenant, "acme")).used_bytes == 0
     finally:
         writer.conn.execute("ROLLBACK")
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(store.read_only_error):
         await reader.run(lambda conn: conn.execute("DELETE FROM tenants"))
     with pytest.raises(NotFoundError):
         await reader.run(q.read_tenant, "nobody")
@@ -300,6 +415,7 @@ async def test_reads_do_not_wait_for_the_writer(writer: m.MetadataWriter) -> Non
     reader.close()
 
 
+@sqlite_only
 async def test_point_reads_run_inline_and_see_each_commit(writer: m.MetadataWriter) -> None:
     """Point reads use the inline connection, see every commit, and keep it on NotFoundError."""
     path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
@@ -327,7 +443,8 @@ async def test_point_reads_run_inline_and_see_each_commit(writer: m.MetadataWrit
         await reader.run(q.read_tenant, "acme")
 
 
-async def test_inline_read_meeting_a_lock_goes_through_the_pool(tmp_path: Path) -> None:
+@sqlite_only
+async def test_inline_read_meeting_a_lock_goes_through_the_pool(store, tmp_path: Path) -> None:
     """A point read that meets SQLITE_BUSY never waits inline: it is retried in the pool,
     which waits for the lock and then answers."""
     path = tmp_path / "meta.sqlite3"
@@ -362,6 +479,7 @@ async def test_inline_read_meeting_a_lock_goes_through_the_pool(tmp_path: Path) 
         blocker.close()
 
 
+@sqlite_only
 async def test_slow_inline_reads_pause_inline_reads(writer: m.MetadataWriter) -> None:
     """Two inline reads in a row over budget send point reads to the pool until the cooldown
     ends; a single slow one (a preempted thread) does not."""
@@ -395,6 +513,7 @@ async def test_slow_inline_reads_pause_inline_reads(writer: m.MetadataWriter) ->
         reader.close()
 
 
+@sqlite_only
 async def test_inline_reads_can_be_turned_off(writer: m.MetadataWriter) -> None:
     """inline=False sends every read, point reads included, through the pool."""
     path = Path(writer.conn.execute("PRAGMA database_list").fetchone()[2])
@@ -467,14 +586,44 @@ _write_messages = st.one_of(
 )
 
 
+_scratch_databases: dict[tuple[int, str], str] = {}
+
+
+def _scratch_store(kind: str, name: str, tmp_path_factory, postgres_server):
+    """A fresh store for one hypothesis example: a new SQLite file, or one of two PostgreSQL
+    databases made once per session and emptied for each example."""
+    if kind == "sqlite":
+        return SqliteStore(tmp_path_factory.mktemp(name) / "meta.sqlite3")
+    if not postgres_server.running:
+        postgres_server.start()
+    key = (id(postgres_server), name)
+    if key not in _scratch_databases:
+        url = postgres_server.create_database()
+        raw = psycopg.connect(url, autocommit=True)
+        try:  # only speed: no test here is about durability
+            raw.execute(f"ALTER DATABASE \"{url.rsplit('/', 1)[1]}\" SET synchronous_commit = off")
+        finally:
+            raw.close()
+        _scratch_databases[key] = url
+        store = PgStore(url)
+        store.backend.prepare()
+        return store
+    store = PgStore(_scratch_databases[key])
+    store.reset()
+    return store
+
+
+@pytest.mark.parametrize("kind", STORES)
 @settings(max_examples=60, deadline=None)
 @given(st.lists(_write_messages, min_size=1, max_size=12))
-def test_apply_many_equals_one_by_one_in_one_transaction(tmp_path_factory, messages) -> None:
+def test_apply_many_equals_one_by_one_in_one_transaction(
+    tmp_path_factory, postgres_server, kind, messages,
+) -> None:
     """Applying messages together (one transaction, a savepoint each) gives every message the
     result it gets alone, in order, and leaves the same state; one commit for all."""
     writers = []
     for name in ("many", "single"):
-        w = m.MetadataWriter(tmp_path_factory.mktemp(name) / "meta.sqlite3")
+        w = _scratch_store(kind, name, tmp_path_factory, postgres_server).writer()
         w.apply(m.CreateTenant("acme", None, 1.0))
         w.apply(m.CreateBucket("acme", "bkt", True, 1.0))
         w.apply(m.CreateBucket("acme", "flat", False, 1.0))
@@ -505,16 +654,23 @@ class HalfDone:
     tenant: str
 
 
+def _half_done(self, conn, message):
+    conn.execute("UPDATE tenants SET used_bytes = 999 WHERE name = ?", (message.tenant,))
+    raise QuotaExceededError("failed after a change")
+
+
 class FailingHalfway(m.MetadataWriter):
-    def _half_done(self, conn, message):
-        conn.execute("UPDATE tenants SET used_bytes = 999 WHERE name = ?", (message.tenant,))
-        raise QuotaExceededError("failed after a change")
+    _half_done = _half_done
 
 
-def test_apply_many_undoes_a_failed_message_alone(tmp_path: Path) -> None:
+def test_apply_many_undoes_a_failed_message_alone(store) -> None:
     """A message that fails after changing rows is rolled back to its own savepoint: its change
     is gone, the messages around it are committed."""
-    w = FailingHalfway(tmp_path / "meta.sqlite3")
+    if store.kind == "sqlite":
+        w = store.writer(FailingHalfway)
+    else:
+        w = store.writer(type("PgFailingHalfway", (pg.PostgresWriter,),
+                              {"_half_done": _half_done}))
     try:
         results = w.apply_many([
             m.CreateTenant("acme", None, 1.0), HalfDone("acme"), m.CreateTenant("beta", 5, 1.0),
@@ -527,13 +683,16 @@ def test_apply_many_undoes_a_failed_message_alone(tmp_path: Path) -> None:
         w.close()
 
 
-async def test_metadata_actor_commits_a_batch_together_and_keeps_order(tmp_path: Path) -> None:
+async def test_metadata_actor_commits_a_batch_together_and_keeps_order(
+    store, tmp_path: Path,
+) -> None:
     """Waiting writes go to the writer as one transaction; a failing one fails alone; a Sync
     in the batch is answered in its place, after the files of the writes before it are gone."""
     from anvil_trio.storage._blobs import BlobStore
 
     blobs = BlobStore(tmp_path / "data")
-    actor = MetadataActor(tmp_path / "meta.sqlite3", blobs)
+    await trio.to_thread.run_sync(store.backend.prepare)
+    actor = MetadataActor(store.backend, blobs)
     await actor.on_start()
     try:
         old = await blobs.write(_pieces(b"old"))
