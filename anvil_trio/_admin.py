@@ -386,10 +386,25 @@ async def get_app_at(data_dir: str | os.PathLike[str], client_id: str) -> AppInf
     return await run_admin(data_dir, lambda a: a.get_app(client_id))
 
 
+def _rotate_shared(url: str, retire_after: float) -> KeyRing:
+    """Rotate the ring every node shares in PostgreSQL (one transaction, row locked)."""
+    from .storage._postgres import KEYRING_SETTING, PostgresBackend
+
+    backend = PostgresBackend(url)
+    backend.prepare()
+    backend.load_or_create_setting(KEYRING_SETTING, lambda: KeyRing.generate().to_json().encode())
+    raw = backend.update_setting(
+        KEYRING_SETTING,
+        lambda old: KeyRing.from_json(old).rotated(retire_after=retire_after).to_json().encode(),
+    )
+    return KeyRing.from_json(raw)
+
+
 async def rotate_signing_key_at(
     data_dir: str | os.PathLike[str], *, retire_after: float = 3600.0
 ) -> KeyRing:
-    """Add a fresh JWT signing key to ``data_dir``'s key file (creating the file if absent).
+    """Add a fresh JWT signing key to ``data_dir``'s key file (creating the file if absent),
+    or, given a ``postgresql://`` URL instead, to the ring every node shares there.
 
     Args:
         retire_after: seconds the previous key still verifies tokens; must exceed the server's
@@ -404,6 +419,8 @@ async def rotate_signing_key_at(
     """
     if retire_after <= 0:
         raise ValueError("retire_after must be positive")
+    if is_metadata_url(data_dir):
+        return await trio.to_thread.run_sync(_rotate_shared, str(data_dir), retire_after)
     directory = pathlib.Path(data_dir).expanduser()
 
     def rotate() -> KeyRing:

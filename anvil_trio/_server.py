@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import attrs
 import trio
@@ -45,6 +46,7 @@ from .auth import (
     Authenticator,
     KeyFileError,
     KeyFileMonitor,
+    SharedKeyMonitor,
     KeyRing,
     SignInThrottle,
     load_or_create_keyring,
@@ -228,7 +230,7 @@ class Server:
     async def _serve(self, storage: Storage, task_status: trio.TaskStatus[int]) -> None:
         config = self.config
         self.storage = storage
-        keyring, monitor = await _load_keys(config)
+        keyring, monitor = await _load_keys(config, storage)
         auth = Authenticator(
             keyring,
             StorageAppStore(storage),
@@ -283,11 +285,24 @@ async def _serve_then_cancel(
     scope.cancel()
 
 
-async def _load_keys(config: Config) -> tuple[KeyRing, KeyFileMonitor | None]:
-    """The configured key (no file to watch), or the data dir's key file (created if absent)
-    and a monitor primed with its current state."""
+async def _load_keys(
+    config: Config, storage: Storage
+) -> tuple[KeyRing, KeyFileMonitor | SharedKeyMonitor | None]:
+    """The configured key (nothing to watch); with ``metadata_url``, the ring every node
+    shares in PostgreSQL (created if absent; ``admin keys rotate`` changes it for all); else
+    the data dir's key file (created if absent). Either comes with a monitor primed with its
+    current state."""
     if config.jwt_key is not None:
         return KeyRing.from_secret(config.jwt_key), None
+    if config.metadata_url:
+        from .storage._postgres import KEYRING_SETTING
+
+        backend: Any = storage.backend
+        shared = SharedKeyMonitor(
+            load=lambda: backend.load_setting(KEYRING_SETTING),
+            load_or_create=lambda make: backend.load_or_create_setting(KEYRING_SETTING, make),
+        )
+        return await trio.to_thread.run_sync(shared.first), shared
     monitor = KeyFileMonitor(config.data_dir / KEY_FILE_NAME)
 
     def load() -> KeyRing:
@@ -325,9 +340,12 @@ async def _probe_metadata(storage: Storage, health: HealthState, interval: float
         reachable = ok
 
 
-async def _watch_key_file(monitor: KeyFileMonitor, auth: Authenticator, interval: float) -> None:
-    """Poll the key file every ``interval`` seconds (``Schedule.spaced``, driven with
-    ``trio.sleep_until``) and hand a changed ring to the authenticator."""
+async def _watch_key_file(
+    monitor: KeyFileMonitor | SharedKeyMonitor, auth: Authenticator, interval: float
+) -> None:
+    """Poll the key file (or the shared ring) every ``interval`` seconds
+    (``Schedule.spaced``, driven with ``trio.sleep_until``) and hand a changed ring to the
+    authenticator. A ring that cannot be read keeps the current keys (logged)."""
     driver = Schedule.spaced(interval).driver()
     while True:
         decision = driver.next(None, now=trio.current_time())
@@ -336,8 +354,8 @@ async def _watch_key_file(monitor: KeyFileMonitor, auth: Authenticator, interval
         await trio.sleep_until(decision.at)
         try:
             ring = await trio.to_thread.run_sync(monitor.poll)
-        except KeyFileError as exc:
-            log.error("cannot re-read the JWT key file; keeping the current keys: %s", exc)
+        except (KeyFileError, StorageError) as exc:
+            log.error("cannot re-read the JWT keys; keeping the current keys: %s", exc)
             continue
         if ring is not None:
             auth.update_keyring(ring)

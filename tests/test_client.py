@@ -34,6 +34,9 @@ from anvil_trio._client_sources import open_source
 from anvil_trio.rpc import EdgeConfig, EdgeServer
 from anvil_trio.testing import open_test_server
 
+# The contract holds on both backends (SQLite + files; PostgreSQL + S3): see conftest.py.
+pytestmark = pytest.mark.usefixtures("backend")
+
 MiB = 1 << 20
 
 

@@ -12,6 +12,9 @@ from anvil_trio.auth import Grants, KeyRing, TokenCodec, hash_secret
 from anvil_trio.testing import TEST_SCRYPT, anvil_server, bearer, code_of, status_of  # noqa: F401
 from anvil_trio._proto.anvil.v1 import bucket_pb2
 
+# The contract holds on both backends (SQLite + files; PostgreSQL + S3): see conftest.py.
+pytestmark = pytest.mark.usefixtures("backend")
+
 LIST = bucket_pb2.ListBucketsRequest()
 
 

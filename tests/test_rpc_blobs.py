@@ -13,6 +13,9 @@ from anvil_trio._proto.anvil.v1 import blob_pb2, common_pb2, upload_pb2
 from anvil_trio.rpc._blob_service import MAX_CHUNK_BYTES, timestamp_from_seconds
 from anvil_trio.testing import bearer, open_test_server, rpc_error
 
+# The contract holds on both backends (SQLite + files; PostgreSQL + S3): see conftest.py.
+pytestmark = pytest.mark.usefixtures("backend")
+
 MiB = 1 << 20
 
 

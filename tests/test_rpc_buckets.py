@@ -11,6 +11,9 @@ from purerpc.wrappers import extract_message_from_singleton_stream
 from anvil_trio._proto.anvil.v1 import bucket_pb2, object_pb2
 from anvil_trio.testing import anvil_server, code_of, status_of  # noqa: F401
 
+# The contract holds on both backends (SQLite + files; PostgreSQL + S3): see conftest.py.
+pytestmark = pytest.mark.usefixtures("backend")
+
 LIST = bucket_pb2.ListBucketsRequest()
 
 

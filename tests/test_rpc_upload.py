@@ -27,6 +27,9 @@ from anvil_trio.rpc._upload_service import (
 from anvil_trio.storage import InvalidArgumentError
 from anvil_trio.testing import bearer, open_test_server, rpc_error
 
+# The contract holds on both backends (SQLite + files; PostgreSQL + S3): see conftest.py.
+pytestmark = pytest.mark.usefixtures("backend")
+
 MiB = 1 << 20
 
 

@@ -29,6 +29,7 @@ from ._errors import (
 from ._keys import (
     KEY_FILE_NAME,
     KeyFileMonitor,
+    SharedKeyMonitor,
     KeyRing,
     SigningKey,
     load_keyring,
@@ -101,6 +102,7 @@ __all__ = [
     "IssuedToken",
     "KeyFileError",
     "KeyFileMonitor",
+    "SharedKeyMonitor",
     "KeyRing",
     "PermissionDeniedError",
     "Principal",

@@ -31,7 +31,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +43,7 @@ __all__ = [
     "KEY_FILE_NAME",
     "KeyFileMonitor",
     "KeyRing",
+    "SharedKeyMonitor",
     "SigningKey",
     "load_keyring",
     "load_or_create_keyring",
@@ -369,4 +370,44 @@ class KeyFileMonitor:
             return None
         ring = load_keyring(self.path)
         self._seen = signature
+        return ring
+
+
+@attrs.define
+class SharedKeyMonitor:
+    """The key ring kept in a store every node shares (PostgreSQL's ``settings`` row): what
+    :class:`KeyFileMonitor` is for the key file. The store is reached only through the
+    callables, so this module needs no storage code.
+
+    Args:
+        load: returns the stored ring's JSON bytes (blocking; raises when unreachable).
+        load_or_create: the same, storing ``make()`` first if there is none yet, atomically
+            (so nodes starting at once share one ring).
+    """
+
+    load: Callable[[], bytes]
+    load_or_create: Callable[[Callable[[], bytes]], bytes]
+    _seen: bytes | None = attrs.field(default=None, init=False)
+
+    def first(self, *, now: float | None = None) -> KeyRing:
+        """The ring, created if absent (blocking).
+
+        Raises:
+            KeyFileError: the stored ring is malformed.
+        """
+        raw = self.load_or_create(lambda: KeyRing.generate(now=now).to_json().encode())
+        self._seen = raw
+        return KeyRing.from_json(raw)
+
+    def poll(self) -> KeyRing | None:
+        """The stored ring if it changed since the last look, else None (blocking).
+
+        Raises:
+            KeyFileError: the stored ring is malformed. Whatever ``load`` raises.
+        """
+        raw = self.load()
+        if raw == self._seen:
+            return None
+        ring = KeyRing.from_json(raw)
+        self._seen = raw
         return ring
