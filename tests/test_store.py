@@ -1,5 +1,6 @@
-"""Tests for the Storage façade: every API.md object/bucket/blob/upload rule, on a real SQLite
-file and the real BlobStore under tmp_path, with the metadata actor under its supervisor."""
+"""Tests for the Storage façade: every API.md object/bucket/blob/upload rule, with the metadata
+actor under its supervisor, on both backends: a real SQLite file and the real BlobStore under
+tmp_path; a real PostgreSQL database and a real S3 (SeaweedFS) prefix (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from anvil_trio.storage import (
     run_storage,
 )
 from anvil_trio.actors import SupervisorEscalationError
+from _held import held_digests, writes_in_flight
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 MiB = 1 << 20
 
@@ -50,15 +54,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def make_config(tmp_path: Path, **kw) -> StorageConfig:
-    return StorageConfig(data_dir=tmp_path / "data", fsync=False, **kw)
+def make_config(tmp_path: Path, backend: dict | None = None, **kw) -> StorageConfig:
+    return StorageConfig(data_dir=tmp_path / "data", fsync=False, **(backend or {}), **kw)
 
 
 @pytest.fixture
-async def storage(tmp_path: Path, nursery: trio.Nursery, clock: FakeClock) -> AsyncIterator[Storage]:
+async def storage(
+    tmp_path: Path, nursery: trio.Nursery, clock: FakeClock, backend: dict
+) -> AsyncIterator[Storage]:
     s = await nursery.start(lambda task_status: run_storage(
-        make_config(tmp_path, max_object_size=8 * MiB, upload_ttl=3600.0), clock=clock,
-        task_status=task_status))
+        make_config(tmp_path, backend, max_object_size=8 * MiB, upload_ttl=3600.0),
+        clock=clock, task_status=task_status))
     await s.create_tenant("acme")
     await s.create_bucket("acme", "vers", versioning=True)
     await s.create_bucket("acme", "flat", versioning=False)
@@ -81,8 +87,9 @@ async def put(s: Storage, bucket: str, key: str, data: bytes, **kw):
     return await s.put_object("acme", bucket, key, chunks(data), **kw)
 
 
-def blob_file(s: Storage, digest: str) -> Path:
-    return s.blobs.blob_path(digest)
+async def held(s: Storage, digest: str) -> bool:
+    """Whether the byte store still holds content with this digest."""
+    return digest in await held_digests(s)
 
 
 # ------------------------------------------------------------------------------- buckets
@@ -198,8 +205,8 @@ async def test_failed_puts_leave_nothing(storage: Storage) -> None:
         await storage.put_object("acme", "flat", "k", broken())
     with pytest.raises(NotFoundError):
         await storage.head_object("acme", "flat", "k")
-    assert not blob_file(storage, digest).exists()
-    assert list((storage.config.data_dir / "tmp").iterdir()) == []
+    assert not await held(storage, digest)
+    assert await writes_in_flight(storage) == 0
     r = await put(storage, "flat", "k", data, expected_sha256=digest.upper(),
                   content_length=len(data))
     assert r.etag == digest
@@ -254,20 +261,20 @@ async def test_versioning_off_replaces_and_reclaims(storage: Storage) -> None:
     """Without versioning a put replaces the object and its now-unreferenced file is deleted."""
     old = await put(storage, "flat", "k", b"old bytes")
     await put(storage, "flat", "shared", b"shared bytes")
-    assert blob_file(storage, old.etag).exists()
+    assert await held(storage, old.etag)
     new = await put(storage, "flat", "k", b"new bytes")
     await storage.sync()
-    assert not blob_file(storage, old.etag).exists()
+    assert not await held(storage, old.etag)
     versions = (await storage.list_object_versions("acme", "flat")).versions
     assert [(v.key, v.etag) for v in versions] == [("k", new.etag), ("shared", versions[1].etag)]
     await put(storage, "flat", "k", b"shared bytes")
     await storage.sync()
-    assert blob_file(storage, versions[1].etag).exists()
-    assert not blob_file(storage, new.etag).exists()
+    assert await held(storage, versions[1].etag)
+    assert not await held(storage, new.etag)
     gone = await storage.delete_object("acme", "flat", "shared")
     await storage.sync()
     assert not gone.delete_marker
-    assert blob_file(storage, versions[1].etag).exists()  # still used by "k"
+    assert await held(storage, versions[1].etag)  # still used by "k"
     assert (await storage.get_tenant("acme")).used_bytes == len(b"shared bytes")
 
 
@@ -297,6 +304,7 @@ async def storage_holding(
     return s, injector.release
 
 
+@pytest.mark.embedded_only  # holds the files' unlink step
 async def test_replacing_put_answers_before_the_old_bytes_are_deleted(
     tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
 ) -> None:
@@ -306,14 +314,15 @@ async def test_replacing_put_answers_before_the_old_bytes_are_deleted(
     old = await put(s, "flat", "k", b"old bytes")
     new = await put(s, "flat", "k", b"new bytes")
     assert new.etag != old.etag
-    assert blob_file(s, old.etag).exists()  # the put answered; its unlink is still held
+    assert await held(s, old.etag)  # the put answered; its unlink is still held
     release.set()
     await s.sync()
-    assert not blob_file(s, old.etag).exists()
+    assert not await held(s, old.etag)
     assert await body((await s.get_object("acme", "flat", "k"))[1]) == b"new bytes"
     await s.stop()
 
 
+@pytest.mark.embedded_only  # holds the files' unlink step
 async def test_a_held_unlink_does_not_hold_up_later_commits(
     tmp_path: Path, nursery: trio.Nursery, clock: FakeClock
 ) -> None:
@@ -328,7 +337,7 @@ async def test_a_held_unlink_does_not_hold_up_later_commits(
     tmp = tmp_path / "data" / "tmp"
     try:
         await s.delete_object("acme", "flat", "other-0")
-        assert not blob_file(s, first.etag).exists()  # moved aside before the next commit
+        assert not await held(s, first.etag)  # moved aside before the next commit
         dead = [p for p in tmp.iterdir() if p.suffix == ".dead"]
         assert len(dead) == 1  # the first unlink is stuck; nothing else was unreferenced
     finally:
@@ -503,10 +512,10 @@ async def test_upload_deduplication_and_delete(storage: Storage) -> None:
     with pytest.raises(NotFoundError):
         await storage.delete_blob("acme", first.key)
     await storage.delete_blob("other", first.key)
-    assert blob_file(storage, digest).exists()  # the object still references it
+    assert await held(storage, digest)  # the object still references it
     await storage.delete_object("acme", "flat", "k")
     await storage.sync()
-    assert not blob_file(storage, digest).exists()
+    assert not await held(storage, digest)
 
 
 async def test_list_blobs(storage: Storage) -> None:
@@ -578,7 +587,7 @@ async def test_upload_expiry(storage: Storage, clock: FakeClock) -> None:
     with pytest.raises(NotFoundError):
         await storage.append_upload("acme", state.upload_id, 2, b"cd")
     assert await storage.expire_uploads() == [state.upload_id]
-    assert list((storage.config.data_dir / "uploads").iterdir()) == []
+    assert list(await trio.to_thread.run_sync(lambda: list(storage.blobs.iter_upload_ids()))) == []
 
 
 # ---------------------------------------------------------------- admin, reaper, lifecycle
@@ -602,18 +611,21 @@ async def test_reaper_hooks(storage: Storage) -> None:
     """Unreferenced files are listed and reclaimed; referenced and pinned ones are kept."""
     kept = await put(storage, "flat", "k", b"kept")
     stray = await storage.blobs.write(chunks(b"stray"))
-    assert await storage.unreferenced_digests() == [stray.digest]
-    assert not await storage.reclaim_blob(stray.digest)  # still pinned by its writer
+    assert await storage.unreferenced_digests() == [stray.location]
+    assert not await storage.reclaim_blob(stray.location)  # still pinned by its writer
     stray.release()
-    assert await storage.reclaim_blob(stray.digest)
-    assert not await storage.reclaim_blob(kept.etag)
+    assert await storage.reclaim_blob(stray.location)
+    kept_info = await storage.head_object("acme", "flat", "k")
+    assert not await storage.reclaim_blob(kept_info.location or kept.etag)
     assert await storage.unreferenced_digests() == []
-    assert blob_file(storage, kept.etag).exists()
+    assert await held(storage, kept.etag)
 
 
-async def test_restart_keeps_data_and_tokens(tmp_path: Path, nursery: trio.Nursery) -> None:
-    """A second run on the same data dir sees the data and honours earlier page tokens."""
-    s1 = await nursery.start(run_storage, make_config(tmp_path))
+async def test_restart_keeps_data_and_tokens(
+    tmp_path: Path, nursery: trio.Nursery, backend: dict
+) -> None:
+    """A second run on the same stores sees the data and honours earlier page tokens."""
+    s1 = await nursery.start(run_storage, make_config(tmp_path, backend))
     await s1.create_tenant("acme")
     await s1.create_bucket("acme", "bkt")
     for key in ["a", "b"]:
@@ -622,7 +634,7 @@ async def test_restart_keeps_data_and_tokens(tmp_path: Path, nursery: trio.Nurse
     await s1.stop()
     with pytest.raises(StorageUnavailableError):
         await s1.create_bucket("acme", "other")
-    s2 = await nursery.start(run_storage, make_config(tmp_path))
+    s2 = await nursery.start(run_storage, make_config(tmp_path, backend))
     assert [o.key for o in (await s2.list_objects("acme", "bkt", page_token=token)).objects] == ["b"]
     await s2.stop()
 
@@ -637,7 +649,7 @@ async def test_quota_checked_again_at_upload_completion(storage: Storage) -> Non
         await storage.complete_upload("acme", state.upload_id)
     with pytest.raises(NotFoundError):
         await storage.start_upload("acme", 5, {}, state.upload_id)
-    assert not blob_file(storage, hashlib.sha256(b"abcde").hexdigest()).exists()
+    assert not await held(storage, hashlib.sha256(b"abcde").hexdigest())
     assert (await storage.get_tenant("acme")).used_bytes == 8
 
 
@@ -659,7 +671,7 @@ async def test_concurrent_puts_keep_references_consistent(storage: Storage) -> N
     flat = (await storage.list_object_versions("acme", "flat")).versions
     vers = (await storage.list_object_versions("acme", "vers")).versions
     live = [x.etag for x in flat + vers if not x.delete_marker]
-    assert all(blob_file(storage, digest).exists() for digest in live)
+    assert set(live) <= await held_digests(storage)
     assert await storage.unreferenced_digests() == []
     assert (await storage.get_tenant("acme")).used_bytes == sum(x.size for x in flat + vers)
 
@@ -679,6 +691,7 @@ async def test_metadata_actor_crash_is_unavailable_then_recovers(storage: Storag
     assert storage.statistics().child("metadata").restarts >= 1
 
 
+@pytest.mark.embedded_only  # SQLite's user_version (PostgreSQL's: test_postgres.py)
 async def test_newer_schema_refused_before_start(tmp_path: Path, nursery: trio.Nursery) -> None:
     """A data dir written by a newer schema fails run_storage at once with a StorageError."""
     config = make_config(tmp_path)
@@ -690,11 +703,11 @@ async def test_newer_schema_refused_before_start(tmp_path: Path, nursery: trio.N
         await nursery.start(run_storage, config)
 
 
-async def test_crash_loop_escalates(tmp_path: Path) -> None:
+async def test_crash_loop_escalates(tmp_path: Path, backend: dict) -> None:
     """Past the restart intensity the supervisor escalates out of run_storage."""
     with pytest.RaisesGroup(SupervisorEscalationError):
         async with trio.open_nursery() as inner:
-            s = await inner.start(run_storage, make_config(tmp_path, restart_intensity=1,
+            s = await inner.start(run_storage, make_config(tmp_path, backend, restart_intensity=1,
                                                            restart_period=60.0))
             for _ in range(200):
                 try:
@@ -704,6 +717,7 @@ async def test_crash_loop_escalates(tmp_path: Path) -> None:
             raise AssertionError("the supervisor never escalated")
 
 
+@pytest.mark.embedded_only  # the data-dir lock
 async def test_second_storage_on_same_data_dir_is_refused(tmp_path) -> None:
     """A second run_storage on a data dir in use fails at once with DataDirInUseError, and the
     first keeps serving; once the first stops, the dir can be opened again."""
