@@ -338,6 +338,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # boto3/botocore (the S3 byte store) log routine chatter at INFO.
+    for name in ("boto3", "botocore", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     return trio.run(serve_until_signalled, config)
 
 
