@@ -73,12 +73,27 @@ def is_metadata_url(where: object) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (for logs and messages)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    """``url`` with any password (in the authority or a ``password=`` parameter) as ``***``,
+    for logs, messages and reprs (``"<unparsable URL>"`` if it cannot be split)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{k}={'***' if k.lower() == 'password' else urllib.parse.quote(v)}" for k, v in pairs
+        )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def uses_data_dir(config: StorageConfig) -> bool:

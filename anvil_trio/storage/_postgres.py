@@ -1,18 +1,18 @@
-"""Metadata in PostgreSQL, shared by several server nodes: the schema, the writer, the readers,
-the reaper's lease and the settings every node shares.
+"""Metadata in PostgreSQL, shared by several server nodes: :class:`PostgresBackend` (the
+connections to one database), :class:`PostgresWriter` and :class:`PostgresReader`.
 
 The same handler code (``_metadata``) and read functions (``_queries``) run unchanged on a
-:class:`PgConnection`, which rewrites their ``?`` placeholders to psycopg's ``%s``. psycopg 3 is
-used synchronously, in worker threads (``trio.to_thread``), never through asyncio.
+:class:`~._postgres_conn.PgConnection`, which rewrites their ``?`` placeholders to psycopg's
+``%s``. psycopg 3 is used synchronously, in worker threads (``trio.to_thread``), never through
+asyncio. The rest lives beside this module, and its names are importable from here:
+
+* ``_postgres_conn``: the connection adapter, the connection string, what a psycopg error
+  means (the error invariants) and the one-transaction helpers;
+* ``_postgres_schema``: the schema and its migrations (the schema invariants);
+* ``_postgres_shared``: the reaper's lease and the settings every node shares.
 
 Invariants:
 
-* Schema: :data:`PG_MIGRATIONS` gives the tables, columns, constraints and indexes of SQLite's
-  migrations combined (``DOUBLE PRECISION`` for SQLite's ``REAL``, ``BIGINT`` identities for
-  ``INTEGER PRIMARY KEY``, ``BYTEA`` for ``BLOB``, 0/1 ``INTEGER`` flags, text compared bytewise:
-  ``COLLATE "C"``). The version is the one row of ``anvil_schema``; each migration runs in the
-  transaction that bumps it, after ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so nodes
-  starting at once migrate once. A schema newer than this code is refused.
 * Writes: each ``apply`` is one READ COMMITTED transaction (``apply_many``: one for several, a
   savepoint each) that first locks the ``tenants`` row of every tenant it touches, in name
   order (``SELECT ... ORDER BY name FOR UPDATE``). So the writes of one tenant are serialized
@@ -26,39 +26,59 @@ Invariants:
   whole transaction back and runs it again, a bounded number of times with short jittered
   sleeps. A connection found dead when a transaction begins (a server restart while the
   writer was idle) is replaced and the transaction run on the new one; nothing had been sent.
-* Errors are :class:`StorageError`: a lost or refused connection, a statement or lock timeout
-  is :class:`StorageUnavailableError` (the connection is dropped and a new one is made on the
-  next call), a full disk on the server :class:`StorageFullError`. Anything else (a bug: a
+* Errors are :class:`StorageError` (``_postgres_conn``): a lost connection, a timeout or a full
+  disk drops the connection, and the next call makes a new one. Anything else (a bug: a
   constraint or SQL error) propagates, as ``sqlite3`` errors do.
 * Reads run in one ``REPEATABLE READ READ ONLY`` transaction each (a snapshot), on a small pool
   of connections; they never wait for writers.
-* Nothing here logs or reprs a URL's password (:func:`redact_url`).
+* Nothing here logs or reprs a URL's password (:func:`~._backends.redact_url`).
 """
 
 from __future__ import annotations
 
 import random
-import secrets
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-import psycopg.conninfo
-import psycopg.errors
 import trio
-from psycopg.pq import TransactionStatus
 
-from ._errors import (
-    AlreadyExistsError,
-    NotFoundError,
-    StorageError,
-    StorageFullError,
-    StorageUnavailableError,
-)
+from ._backends import redact_url
+from ._errors import StorageError, StorageUnavailableError
 from ._metadata import CreateTenant, MetadataWriter, SetTenantQuota, WriteResult
+from ._postgres_conn import (
+    _LOST,
+    _READ_BEGIN,
+    _RETRY,
+    _UNIQUE,
+    _WRITE_BEGIN,
+    UNREACHABLE,
+    PgConnection,
+    _classify,
+    _conninfo,
+    _pg_transaction,
+    _rollback,
+    _storage_error,
+    _translated,
+    _usable,
+    pg_sql,
+)
+from ._postgres_schema import (
+    MIGRATION_LOCK_KEY,
+    PG_MIGRATIONS,
+    _check_schema,
+    pg_migrate,
+)
+from ._postgres_shared import (
+    KEYRING_SETTING,
+    REAPER_LOCK_KEY,
+    ReaperLease,
+    load_or_create_setting,
+    load_setting,
+    update_setting,
+)
 from ._queries import read_location_referenced, read_setting
 
 __all__ = [
@@ -74,358 +94,13 @@ __all__ = [
     "load_or_create_setting",
     "load_setting",
     "pg_migrate",
+    "pg_sql",
     "redact_url",
     "tenant_of",
     "update_setting",
 ]
 
 _T = TypeVar("_T")
-
-#: ``pg_advisory_xact_lock`` key taken by every migration transaction ("anvil_mg").
-MIGRATION_LOCK_KEY = 0x616E76696C5F6D67
-#: ``pg_try_advisory_lock`` key of the reaper lease ("anvil_rp").
-REAPER_LOCK_KEY = 0x616E76696C5F7270
-#: The settings row holding the nodes' shared JWT key ring (``KeyRing.to_json()`` bytes).
-KEYRING_SETTING = "jwt_keyring"
-
-UNREACHABLE = "metadata store is unreachable; retry"
-BUSY = "metadata is busy; retry"
-
-_SCHEMES = ("postgresql://", "postgres://")
-_SQL_CACHE: dict[str, str] = {}
-_SQL_CACHE_LIMIT = 4096
-
-
-# ---------------------------------------------------------------------------- connections
-
-
-def pg_sql(sql: str) -> str:
-    """``sql`` with psycopg placeholders: a literal ``%`` doubled, each ``?`` made ``%s``
-    (the shared SQL never has a ``?`` inside a string literal). Cached."""
-    rewritten = _SQL_CACHE.get(sql)
-    if rewritten is None:
-        rewritten = sql.replace("%", "%%").replace("?", "%s")
-        if len(_SQL_CACHE) < _SQL_CACHE_LIMIT:
-            _SQL_CACHE[sql] = rewritten
-    return rewritten
-
-
-class PgConnection:
-    """A psycopg connection that runs the shared ``?``-placeholder SQL of ``_metadata`` and
-    ``_queries``: ``execute`` returns the psycopg cursor (``fetchone``, ``fetchall``,
-    iteration, ``rowcount``); ``bytes`` parameters are ``bytea`` and ``bytea`` comes back as
-    ``bytes``.
-
-    Args:
-        raw: the psycopg connection.
-        translate_errors: turn connection loss, timeouts and a full disk into StorageErrors
-            (for statements run outside the writer's transactions, e.g. through
-            :attr:`PostgresWriter.conn`). The writer and the readers classify errors themselves.
-    """
-
-    __slots__ = ("_translate", "raw")
-
-    def __init__(self, raw: psycopg.Connection, *, translate_errors: bool = False) -> None:
-        self.raw = raw
-        self._translate = translate_errors
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
-        try:
-            return self.raw.execute(pg_sql(sql), params)
-        except psycopg.Error as exc:
-            self._reraise(exc)
-            raise
-
-    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
-        cur = self.raw.cursor()
-        try:
-            cur.executemany(pg_sql(sql), list(seq))
-        except psycopg.Error as exc:
-            self._reraise(exc)
-            raise
-        return cur
-
-    def _reraise(self, exc: psycopg.Error) -> None:
-        if not self._translate:
-            return
-        error = _storage_error(exc, _classify(exc))
-        if error is not None:
-            raise error from exc
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the authority or a ``password=`` parameter) as ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{hosts}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{k}={'***' if k.lower() == 'password' else urllib.parse.quote(v)}" for k, v in pairs
-        )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _password_of(url: str) -> str | None:
-    try:
-        return urllib.parse.urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _conninfo(
-    url: str, *, connect_timeout: float, application_name: str
-) -> str:
-    """Check ``url`` and build the libpq connection string we connect with.
-
-    Raises:
-        ValueError: not a ``postgresql://`` / ``postgres://`` URL, or malformed (the message
-            never contains the password).
-    """
-    if not isinstance(url, str) or not url.startswith(_SCHEMES):
-        raise ValueError("a PostgreSQL URL must start with postgresql:// or postgres://")
-    if connect_timeout <= 0:
-        raise ValueError("connect_timeout must be positive")
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        detail = str(exc).strip()
-        password = _password_of(url)
-        if password:
-            detail = detail.replace(password, "***")
-        raise ValueError(f"malformed PostgreSQL URL: {detail}") from None
-    params["connect_timeout"] = str(max(1, round(connect_timeout)))
-    params.setdefault("application_name", application_name)
-    # A dead server host (no RST) is noticed within about a minute instead of never.
-    params.setdefault("keepalives", "1")
-    params.setdefault("keepalives_idle", "15")
-    params.setdefault("keepalives_interval", "5")
-    params.setdefault("keepalives_count", "3")
-    return psycopg.conninfo.make_conninfo("", **params)
-
-
-# ------------------------------------------------------------------------- error handling
-
-_RETRY, _UNIQUE, _FULL, _BUSY, _LOST, _OTHER = range(6)
-
-
-def _classify(exc: BaseException) -> int:
-    """What a psycopg error means for the transaction that met it."""
-    if isinstance(exc, psycopg.errors.UniqueViolation):
-        return _UNIQUE
-    if isinstance(exc, (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)):
-        return _RETRY
-    if isinstance(exc, psycopg.errors.DiskFull):
-        return _FULL
-    if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
-        return _BUSY  # statement_timeout or lock_timeout
-    if isinstance(exc, (
-        psycopg.OperationalError, psycopg.InterfaceError,
-        psycopg.errors.IdleInTransactionSessionTimeout, psycopg.errors.TransactionTimeout,
-    )):
-        return _LOST
-    return _OTHER
-
-
-def _storage_error(exc: BaseException, kind: int) -> StorageError | None:
-    """The StorageError a psycopg error of ``kind`` becomes (None: it stays what it is)."""
-    if kind == _UNIQUE:
-        return AlreadyExistsError("a record of that name already exists")
-    if kind in (_RETRY, _BUSY):
-        return StorageUnavailableError(BUSY)
-    if kind == _FULL:
-        return StorageFullError("metadata disk is full")
-    if kind == _LOST:
-        return StorageUnavailableError(UNREACHABLE)
-    return None
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Turn psycopg errors that have a StorageError meaning into it (cause kept)."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        error = _storage_error(exc, _classify(exc))
-        if error is None:
-            raise
-        raise error from exc
-
-
-def _usable(raw: psycopg.Connection | None) -> bool:
-    return raw is not None and not raw.closed and not raw.broken
-
-
-def _rollback(raw: psycopg.Connection) -> bool:
-    """End any transaction on ``raw``; returns whether the connection is still usable (if not,
-    it is closed)."""
-    if not _usable(raw):
-        raw.close()
-        return False
-    try:
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            raw.execute("ROLLBACK")
-    except psycopg.Error:
-        raw.close()
-        return False
-    return True
-
-
-@contextmanager
-def _pg_transaction(raw: psycopg.Connection, begin: str) -> Iterator[PgConnection]:
-    """One transaction on an autocommit connection; rolled back on any exception."""
-    raw.execute(begin)
-    try:
-        yield PgConnection(raw)
-    except BaseException:
-        _rollback(raw)
-        raise
-    raw.execute("COMMIT")
-
-
-# ------------------------------------------------------------------------------ migrations
-
-
-def _pg_migration_1(conn: PgConnection) -> None:
-    """Everything SQLite's migrations 1 and 2 make, in PostgreSQL's types."""
-    statements = [
-        'CREATE TABLE settings (name TEXT COLLATE "C" PRIMARY KEY, value BYTEA NOT NULL)',
-        """CREATE TABLE tenants (
-            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-            name TEXT COLLATE "C" NOT NULL UNIQUE, quota_bytes BIGINT,
-            used_bytes BIGINT NOT NULL DEFAULT 0 CHECK (used_bytes >= 0),
-            created DOUBLE PRECISION NOT NULL)""",
-        """CREATE TABLE apps (
-            client_id TEXT COLLATE "C" PRIMARY KEY,
-            tenant_id BIGINT NOT NULL REFERENCES tenants(id),
-            name TEXT COLLATE "C" NOT NULL, secret_hash TEXT NOT NULL,
-            created DOUBLE PRECISION NOT NULL,
-            UNIQUE (tenant_id, name))""",
-        """CREATE TABLE grants (
-            client_id TEXT COLLATE "C" NOT NULL REFERENCES apps(client_id) ON DELETE CASCADE,
-            scope TEXT COLLATE "C" NOT NULL, PRIMARY KEY (client_id, scope))""",
-        """CREATE TABLE buckets (
-            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-            tenant_id BIGINT NOT NULL REFERENCES tenants(id),
-            name TEXT COLLATE "C" NOT NULL, versioning INTEGER NOT NULL,
-            created DOUBLE PRECISION NOT NULL,
-            UNIQUE (tenant_id, name))""",
-        """CREATE TABLE blobs (
-            digest TEXT COLLATE "C" PRIMARY KEY, size BIGINT NOT NULL,
-            refcount BIGINT NOT NULL CHECK (refcount > 0), created DOUBLE PRECISION NOT NULL,
-            location TEXT COLLATE "C" NOT NULL)""",
-        "CREATE INDEX blobs_by_location ON blobs (location)",
-        """CREATE TABLE object_versions (
-            seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-            bucket_id BIGINT NOT NULL REFERENCES buckets(id),
-            key BYTEA NOT NULL, version_id TEXT COLLATE "C" NOT NULL UNIQUE,
-            latest INTEGER NOT NULL, delete_marker INTEGER NOT NULL,
-            digest TEXT COLLATE "C" REFERENCES blobs(digest), size BIGINT NOT NULL,
-            content_type TEXT NOT NULL, user_metadata TEXT NOT NULL,
-            last_modified DOUBLE PRECISION NOT NULL,
-            CHECK ((delete_marker = 1) = (digest IS NULL)))""",
-        "CREATE INDEX object_versions_by_key ON object_versions (bucket_id, key, seq)",
-        """CREATE UNIQUE INDEX object_versions_latest ON object_versions (bucket_id, key)
-            WHERE latest = 1""",
-        "CREATE INDEX object_versions_by_digest ON object_versions (digest)",
-        """CREATE TABLE tenant_blobs (
-            tenant_id BIGINT NOT NULL REFERENCES tenants(id),
-            digest TEXT COLLATE "C" NOT NULL REFERENCES blobs(digest), size BIGINT NOT NULL,
-            attributes TEXT NOT NULL, content_type TEXT NOT NULL,
-            created DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (tenant_id, digest))""",
-        """CREATE TABLE uploads (
-            upload_id TEXT COLLATE "C" PRIMARY KEY,
-            tenant_id BIGINT NOT NULL REFERENCES tenants(id),
-            total_size BIGINT NOT NULL, received BIGINT NOT NULL DEFAULT 0,
-            attributes TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
-            expires_at DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX uploads_by_expiry ON uploads (expires_at)",
-    ]
-    for statement in statements:
-        conn.execute(statement)
-    conn.execute(
-        "INSERT INTO settings (name, value) VALUES ('page_token_secret', ?)",
-        (secrets.token_bytes(32),),
-    )
-
-
-#: Ordered migrations; migration ``i`` (0-based) brings ``anvil_schema.version`` from ``i``
-#: to ``i + 1``.
-PG_MIGRATIONS: tuple[Callable[[PgConnection], None], ...] = (_pg_migration_1,)
-
-
-def _schema_version(conn: PgConnection) -> int | None:
-    """The schema version, or None when there is no ``anvil_schema`` table (yet)."""
-    (table,) = conn.execute("SELECT to_regclass('anvil_schema') IS NOT NULL").fetchone()
-    if not table:
-        return None
-    row = conn.execute("SELECT version FROM anvil_schema").fetchone()
-    return 0 if row is None else row[0]
-
-
-def _newer_error(version: int, known: int) -> StorageError:
-    return StorageError(f"metadata schema version {version} is newer than this code ({known})")
-
-
-def pg_migrate(
-    raw: psycopg.Connection,
-    migrations: Sequence[Callable[[PgConnection], None]] = PG_MIGRATIONS,
-) -> int:
-    """Bring the schema up to date, one transaction per migration, each under the migration
-    advisory lock (another node migrating at the same time waits, then finds it done).
-
-    Args:
-        raw: an autocommit psycopg connection outside any transaction.
-
-    Returns:
-        The schema version after migrating.
-
-    Raises:
-        StorageError: the database was written by a newer version of this code. psycopg
-            errors propagate (callers translate them).
-    """
-    while True:
-        with _pg_transaction(raw, "BEGIN ISOLATION LEVEL READ COMMITTED") as conn:
-            # A migration may run long (no statement timeout), and another node's may hold
-            # the migration lock a while; its DDL waits for table locks no longer than usual.
-            (lock_timeout,) = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
-            conn.execute("SELECT set_config('statement_timeout', '0', true), "
-                         "set_config('lock_timeout', '300s', true)")
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
-            conn.execute("SELECT set_config('lock_timeout', ?, true)", (lock_timeout,))
-            version = _schema_version(conn)
-            if version is None:
-                conn.execute("CREATE TABLE anvil_schema (version INTEGER NOT NULL)")
-                version = 0
-            if conn.execute("SELECT 1 FROM anvil_schema").fetchone() is None:
-                conn.execute("INSERT INTO anvil_schema (version) VALUES (0)")
-            if version > len(migrations):
-                raise _newer_error(version, len(migrations))
-            if version == len(migrations):
-                return version
-            migrations[version](conn)
-            conn.execute("UPDATE anvil_schema SET version = ?", (version + 1,))
-
-
-def _check_schema(raw: psycopg.Connection) -> None:
-    """Refuse a database whose schema is not this code's (on every new writer connection)."""
-    version = _schema_version(PgConnection(raw))
-    if version is not None and version > len(PG_MIGRATIONS):
-        raise _newer_error(version, len(PG_MIGRATIONS))
-    if version != len(PG_MIGRATIONS):
-        raise StorageError(
-            f"metadata schema version {version or 0} is older than this code "
-            f"({len(PG_MIGRATIONS)}); it has not been migrated"
-        )
 
 
 # --------------------------------------------------------------------------------- backend
@@ -558,8 +233,6 @@ def tenant_of(message: Any) -> str | None:
 
 
 _LOCK_TENANTS = "SELECT id FROM tenants WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
-_WRITE_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
-_READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 class PostgresWriter(MetadataWriter):
@@ -855,120 +528,3 @@ class PostgresReader:
 def _ping(conn: PgConnection, timeout_ms: str) -> None:
     conn.execute("SELECT set_config('statement_timeout', ?, true)", (timeout_ms,))
     conn.execute("SELECT 1").fetchone()
-
-
-# ----------------------------------------------------------------------------- reaper lease
-
-
-class ReaperLease:
-    """Lets one node's reaper run at a time: a session advisory lock held on the lease's own
-    connection until :meth:`release` (blocking; use from a worker thread).
-
-    A lost connection loses the lock with it (the server drops session locks): :meth:`acquire`
-    checks the session is alive each time and otherwise tries to take the lock afresh.
-    """
-
-    def __init__(self, target: PostgresBackend | str) -> None:
-        self.backend = _backend(target)
-        self._raw: psycopg.Connection | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether the lease was held when last checked."""
-        return self._raw is not None
-
-    def acquire(self) -> bool:
-        """Take (or confirm) the lease; False if another node holds it or the database cannot
-        be reached."""
-        if self._raw is not None:
-            try:
-                self._raw.execute("SELECT 1").fetchone()
-                return True
-            except psycopg.Error:
-                self._close()
-        try:
-            raw = self.backend.connect()
-        except StorageError:
-            return False
-        try:
-            (got,) = raw.execute(
-                "SELECT pg_try_advisory_lock(%s)", (REAPER_LOCK_KEY,)
-            ).fetchone()
-        except psycopg.Error:
-            raw.close()
-            return False
-        if not got:
-            raw.close()
-            return False
-        self._raw = raw
-        return True
-
-    def release(self) -> None:
-        """Give the lease up (closing its session drops the lock)."""
-        raw = self._raw
-        if raw is None:
-            return
-        try:
-            raw.execute("SELECT pg_advisory_unlock(%s)", (REAPER_LOCK_KEY,))
-        except psycopg.Error:
-            pass
-        self._close()
-
-    def _close(self) -> None:
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            raw.close()
-
-    close = release
-
-
-# ---------------------------------------------------------------------------- shared settings
-
-
-def load_setting(target: PostgresBackend | str, name: str) -> bytes:
-    """A ``settings`` value (blocking). Raises NotFoundError, StorageUnavailableError."""
-    return _backend(target).run_read(read_setting, name)
-
-
-def load_or_create_setting(
-    target: PostgresBackend | str, name: str, make_value: Callable[[], bytes]
-) -> bytes:
-    """The ``settings`` value ``name``, created from ``make_value()`` if there is none yet
-    (blocking). Nodes calling this at once all get the one value that was stored first
-    (``INSERT ... ON CONFLICT DO NOTHING``, then read it back).
-
-    E.g. the shared JWT key ring: ``KeyRing.from_json(load_or_create_setting(backend,
-    KEYRING_SETTING, lambda: KeyRing.generate().to_json().encode()))``.
-    """
-    backend = _backend(target)
-    with backend._connection() as raw, _pg_transaction(raw, _WRITE_BEGIN) as conn:
-        row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        conn.execute(
-            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (name, bytes(make_value())),
-        )
-        return read_setting(conn, name)
-
-
-def update_setting(
-    target: PostgresBackend | str, name: str, fn: Callable[[bytes], bytes]
-) -> bytes:
-    """Replace the ``settings`` value ``name`` by ``fn(old)`` in one transaction, holding the
-    row lock throughout, so concurrent updates (key rotations on several nodes) apply one
-    after the other, none lost (blocking). Returns the new value.
-
-    Raises:
-        NotFoundError: there is no such setting. Whatever ``fn`` raises (nothing changes).
-    """
-    backend = _backend(target)
-    with backend._connection() as raw, _pg_transaction(raw, _WRITE_BEGIN) as conn:
-        row = conn.execute(
-            "SELECT value FROM settings WHERE name = ? FOR UPDATE", (name,)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"setting {name!r} is missing")
-        value = bytes(fn(bytes(row[0])))
-        conn.execute("UPDATE settings SET value = ? WHERE name = ?", (value, name))
-        return value
